@@ -1,0 +1,126 @@
+"""Shared fixtures: an isolated data dir per test, and tiny real models (GPT-2 and Llama shapes, 2 layers)
+with a tokenizer trained here, so no test downloads anything."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_CACHE = Path(os.environ.get("POETWB_TEST_CACHE", Path(__file__).resolve().parent.parent / ".poetwb-home"))
+
+POEMS = """Shall I compare thee to a summer's day?
+Thou art more lovely and more temperate:
+Rough winds do shake the darling buds of May,
+And summer's lease hath all too short a date.
+The sea is blue, the sky is red, the gulls are crying overhead.
+I wandered lonely as a cloud that floats on high o'er vales and hills,
+When all at once I saw a crowd, a host, of golden daffodils.
+Because I could not stop for Death, he kindly stopped for me;
+The carriage held but just ourselves and Immortality.
+Write a poem about the sea and the sky. User: Assistant: Sure, here's a poem about the moon.
+"""
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(chat: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([POEMS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _save_tiny(folder: Path, kind: str) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer(chat=kind == "llama")
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    if kind == "gpt2":
+        config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=512, vocab_size=vocab,
+                            bos_token_id=eos, eos_token_id=eos)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, vocab_size=vocab,
+                             bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: _save_tiny(root / f"tiny-{kind}", kind) for kind in ("gpt2", "llama")}
+
+
+@pytest.fixture
+def tiny_gpt2(tiny_models) -> Path:
+    return tiny_models["gpt2"]
+
+
+@pytest.fixture
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(autouse=True)
+def poet_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own data dir and an empty HF cache; the converted bundled model is shared."""
+    home = tmp_path / "poetwb-home"
+    monkeypatch.setenv("POETWB_HOME", str(home))
+    monkeypatch.setenv("POETWB_CACHE", str(SHARED_CACHE / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    monkeypatch.delenv("HF_HOME", raising=False)
+    return home
+
+
+def place_in_hf_cache(cache: Path, repo_id: str, source: Path) -> Path:
+    """Lay out a model folder exactly as huggingface_hub's cache does (blobs, refs/main, snapshot symlinks)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for f in source.iterdir():
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, repo / "blobs" / digest)
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / digest)
+    return snapshot
+
+
+@pytest.fixture
+def hf_cache(tmp_path):
+    """A callable that puts a model folder into the test's (empty) HF cache under a repo id."""
+    cache = tmp_path / "hf-cache"
+
+    def put(repo_id: str, source: Path) -> Path:
+        return place_in_hf_cache(cache, repo_id, source)
+
+    return put

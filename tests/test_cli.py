@@ -1,0 +1,83 @@
+"""The CLI as a user runs it: exit codes, one-line errors, JSON output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from poetwb import __version__
+from poetwb.cli import main
+
+
+def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "poetwb", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"poetwb {__version__}"
+
+
+def test_models_json_lists_the_bundled_model_as_offline():
+    result = run_cli("models", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["id"]: r for r in json.loads(result.stdout)}
+    assert rows["bundled/SmolLM2-135M-Instruct"]["offline"] is True
+    assert rows["openai-community/gpt2"]["offline"] is False
+
+
+def test_generate_json_on_a_local_model(tiny_gpt2, capsys):
+    assert main(["generate", "-m", str(tiny_gpt2), "-p", "The sea is blue", "-n", "12", "--seed", "5",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == str(tiny_gpt2)
+    assert out["mode"] == "raw"
+    assert out["sampling"]["seed"] == 5
+    assert 0 < out["new_tokens"] <= 12
+
+
+def test_generate_streams_the_prompt_then_the_continuation(tiny_gpt2, capsys):
+    assert main(["generate", "-m", str(tiny_gpt2), "-p", "The sea is blue", "-n", "8", "-t", "0"]) == 0
+    assert capsys.readouterr().out.startswith("The sea is blue")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "x", "-t", "-1"], "temperature must be >= 0"),
+        (["-p", "x", "--top-p", "0"], "top-p must be in (0, 1]"),
+        (["-p", "x", "--top-p", "1.2"], "top-p must be in (0, 1]"),
+        (["-p", "x", "-n", "0"], "max new tokens must be in"),
+        (["-p", ""], "the prompt is empty"),
+        (["-p", "x", "-m", "/no/such/model"], "does not exist"),
+        (["-p", "x", "-m", "openai-community/gpt2"], "hub is offline"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(args, message, capsys):
+    assert main(["generate", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    result = run_cli("generate", "-p", "x", "-m", str(tmp_path))
+    assert result.returncode == 1
+    assert "no config.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_core_imports_no_textual_and_cli_start_imports_no_torch():
+    code = (
+        "import sys, poetwb.cli, poetwb.core.models, poetwb.core.generate, poetwb.core.config, poetwb.core.paths\n"
+        "assert 'textual' not in sys.modules, 'core imported textual'\n"
+        "assert 'torch' not in sys.modules, 'start-up imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
