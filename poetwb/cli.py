@@ -121,6 +121,120 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    from poetwb.core.config import CorpusSpec, InstructionSpec, TrainConfig, deep_merge, load_preset
+
+    base = load_preset(args.preset).to_dict() if args.preset else TrainConfig().to_dict()
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise PoetError(f"config file {path} does not exist")
+        base = TrainConfig.from_toml(path.read_text(encoding="utf-8"), base=base).to_dict()
+    over: dict[str, Any] = {}
+    if args.model:
+        over["model"] = args.model
+    if args.corpus:
+        over["corpus"] = _corpus_spec(args.corpus, args)
+    elif args.poets:
+        over["corpus"] = {"kind": "bundled", "poets": args.poets.split(",")}
+    if args.instructions:
+        over["instructions"] = _instruction_spec(args.instructions)
+    if args.max_steps is not None:
+        over["stage1"] = {"max_steps": args.max_steps}
+        over["stage2"] = {"max_steps": args.max_steps}
+    if args.seed is not None:
+        over["seed"] = args.seed
+    merged = deep_merge(base, over)
+    if "corpus" in over:
+        merged["corpus"] = {**CorpusSpec().__dict__, **over["corpus"]}
+    if "instructions" in over:
+        merged["instructions"] = {**InstructionSpec().__dict__, **over["instructions"]}
+    return TrainConfig.from_dict(merged)
+
+
+def _corpus_spec(value: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any]
+    if value == "bundled":
+        spec = {"kind": "bundled", "poets": (args.poets or "shakespeare").split(",")}
+    elif value.startswith("hf:"):
+        spec = {"kind": "hf", "dataset": value[3:]}
+    else:
+        spec = {"kind": "local", "path": str(Path(value).expanduser().resolve())}
+    if args.text_column:
+        spec["text_column"] = args.text_column
+    if args.poet_filter:
+        spec["poet_filter"] = args.poet_filter
+    return spec
+
+
+def _instruction_spec(value: str) -> dict[str, Any]:
+    if value in {"synth", "none"}:
+        return {"kind": value}
+    if value.startswith("conversations:"):
+        target = value.split(":", 1)[1]
+        if Path(target).expanduser().exists():
+            return {"kind": "conversations", "path": str(Path(target).expanduser().resolve())}
+        return {"kind": "conversations", "dataset": target.removeprefix("hf:")}
+    return {"kind": "local", "path": str(Path(value.removeprefix("local:")).expanduser().resolve())}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from poetwb.core import runs
+
+    if args.resume:
+        folder = runs.open_run(args.resume)
+        status = runs.read_status(folder)
+        if status["state"] == "running":
+            raise PoetError(f"run {args.resume!r} is already running (pid {status.get('pid')})")
+        if status["state"] == "finished":
+            raise PoetError(f"run {args.resume!r} has already finished; start a new run instead")
+    else:
+        config = _train_config(args)
+        folder = runs.create_run(config, args.run_id)
+    print(f"run {folder.name}  ({folder})", flush=True)
+    if args.detach:
+        with open(folder / "stdout.txt", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "poetwb.core.train_job", str(folder)],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        runs.update_status(folder, pid=proc.pid)
+        print(f"training in the background (pid {proc.pid}); follow it with `poetwb runs`", flush=True)
+        return 0
+    from poetwb.core.train_job import run_job
+
+    state = run_job(folder, echo=True)
+    status = runs.read_status(folder)
+    print(f"run {folder.name}: {state}; held-out loss {status.get('eval_loss', {})}", flush=True)
+    return 0 if state == "finished" else 3
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from poetwb.core import runs
+
+    rows = runs.list_runs()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no runs yet; start one with `poetwb train --preset cpu-quick`")
+        return 0
+    for r in rows:
+        losses = " ".join(f"{k}={v:.3f}" for k, v in r.eval_loss.items())
+        line = f"{r.run_id:40} {r.state:11} stage {r.stage} step {r.step}/{r.total_steps}  {losses}"
+        print(line + (f"  error: {r.error}" if r.error else ""))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from poetwb.core import runs
+
+    status = runs.request_cancel(args.run, wait_s=args.wait)
+    print(f"run {args.run}: {status['state']} at stage {status.get('stage')} step {status.get('step')}")
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from poetwb.tui.app import PoetApp
 
@@ -157,6 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object when done instead of streaming")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("train", help="two-stage LoRA fine-tune (stage 1: corpus, stage 2: instructions)")
+    p.add_argument("config", nargs="?", help="a TOML config (as written to a run's config.toml)")
+    p.add_argument("--preset", help="start from a preset in assets/presets (cpu-quick, report-a, report-b, report-c)")
+    p.add_argument("-m", "--model", help="base model: bundled (default), a hub id or a local folder")
+    p.add_argument("--corpus", help="bundled | PATH (.txt/.md/folder/.jsonl/.csv/.parquet) | hf:DATASET_ID")
+    p.add_argument("--poets", help="bundled poets, comma-separated (default shakespeare)")
+    p.add_argument("--text-column", help="corpus column holding the poem (tables)")
+    p.add_argument("--poet-filter", help="keep poems whose poet column contains this")
+    p.add_argument("--instructions", help="synth | none | local:PATH.jsonl | conversations:PATH_OR_DATASET_ID")
+    p.add_argument("--max-steps", type=int, help="cap both stages at this many optimizer steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-id", help="name the run (default: date-model-random)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--detach", action="store_true", help="train in a background process and return")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("runs", help="list training runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_runs)
+
+    p = sub.add_parser("cancel", help="stop a running job cleanly (keeps its checkpoint)")
+    p.add_argument("run")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it to stop")
+    p.set_defaults(handler=cmd_cancel)
     return parser
 
 

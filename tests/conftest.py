@@ -124,3 +124,57 @@ def hf_cache(tmp_path):
         return place_in_hf_cache(cache, repo_id, source)
 
     return put
+
+
+LINES = [line for line in POEMS.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """A .txt corpus of 40 short poems (double blank lines between poems, single between stanzas)."""
+    poems = []
+    for i in range(40):
+        n = len(LINES)
+        a, b, c, d = LINES[i % n], LINES[(i + 3) % n], LINES[(i * 7 + 1) % n], LINES[(i // n + 5) % n]
+        poems.append(f"{a}\n{b}\n\n{c}\n{d}")
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n\n".join(poems) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_train_config(tiny_models, tiny_corpus):
+    """A callable returning a TrainConfig TOML text for a few-step run on a tiny model."""
+
+    def make(kind: str = "gpt2", steps1: int = 6, steps2: int = 4, extra: str = "") -> str:
+        return f"""
+model = "{tiny_models[kind]}"
+seed = 1
+{extra}
+[corpus]
+kind = "local"
+path = "{tiny_corpus}"
+
+[instructions]
+kind = "synth"
+
+[stage1]
+max_steps = {steps1}
+batch_size = 4
+seq_len = 64
+learning_rate = 5e-3
+eval_steps = 3
+logging_steps = 1
+save_steps = 3
+
+[stage2]
+max_steps = {steps2}
+batch_size = 4
+seq_len = 256
+learning_rate = 5e-3
+eval_steps = 2
+logging_steps = 1
+save_steps = 2
+"""
+
+    return make

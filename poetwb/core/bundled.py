@@ -13,7 +13,7 @@ from pathlib import Path
 
 from poetwb.core import paths
 from poetwb.core.errors import PoetError
-from poetwb.core.fsutil import atomic_dir, remove_stale_temps
+from poetwb.core.fsutil import atomic_dir, exclusive_lock, remove_stale_temps
 
 BUNDLED_ID = "bundled/SmolLM2-135M-Instruct"
 BUNDLED_ALIASES = {"bundled", "default", BUNDLED_ID}
@@ -72,10 +72,7 @@ def ensure_converted() -> Path:
     folder = converted_dir()
     if is_converted():
         return folder
-    from filelock import FileLock
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+    with exclusive_lock(folder.parent / f".{folder.name}.lock", blocking=True):
         if is_converted():  # another process finished while we waited
             return folder
         remove_stale_temps(folder.parent)

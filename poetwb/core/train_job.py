@@ -1,0 +1,378 @@
+"""The two-stage LoRA fine-tune as a job in its own process, on transformers.Trainer.
+
+Stage 1 adapts a LoRA to the poetry corpus (packed blocks); stage 2 continues training *the same adapter* on
+(request, poem) pairs with the prompt masked. Continuing (not merging) keeps both adapters loadable on the
+original base with plain peft. The job talks to the world only through its run directory (see runs.py), so it
+runs the same in the foreground, detached, or under torchrun/accelerate launch:
+
+    python -m poetwb.core.train_job RUN_DIR
+    torchrun --nproc_per_node 2 -m poetwb.core.train_job RUN_DIR
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from poetwb.core import data, runs
+from poetwb.core.config import StageConfig, TrainConfig
+from poetwb.core.errors import PoetError
+from poetwb.core.fsutil import atomic_dir, exclusive_lock
+
+log = logging.getLogger("poetwb.train")
+
+TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "default": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
+def world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def target_modules(config: TrainConfig, model_type: str) -> list[str]:
+    if config.lora.target_modules:
+        return list(config.lora.target_modules)
+    return TARGETS.get(model_type, TARGETS["default"])
+
+
+class Job:
+    """One run: prepares data once, then trains the enabled stages that have no adapter yet."""
+
+    def __init__(self, folder: Path, echo: bool = False) -> None:
+        self.folder = folder
+        self.echo = echo
+        self.rank, self.world_size = world()
+        self.main = self.rank == 0
+        self.cancelled = False
+        self.started = time.monotonic()
+        self.config = runs.read_config(folder)
+
+    # --- reporting ---
+    def status(self, **changes: Any) -> None:
+        if self.main:
+            runs.update_status(self.folder, **changes)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        runs.append_metric(self.folder, record)
+        if self.echo:
+            parts = [f"stage {record['stage']} step {record['step']}/{record.get('total_steps', '?')}"]
+            for key in ("loss", "eval_loss", "tokens_per_s"):
+                if key in record:
+                    parts.append(f"{key} {record[key]:.3f}" if key != "tokens_per_s" else f"{record[key]:.0f} tok/s")
+            print("  ".join(parts), flush=True)
+
+    def cancel_requested(self) -> bool:
+        if (self.folder / runs.CANCEL_FILE).exists():
+            self.cancelled = True
+        return self.cancelled
+
+    # --- the pipeline ---
+    def run(self) -> str:
+        import torch
+
+        from poetwb.core import models
+
+        cfg = self.config
+        self.status(state="running", pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
+                    started=runs.now_iso(), error="", cause="")
+        model_id, model_path = models.resolve(cfg.model)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        poems = data.load_poems(cfg.corpus)
+        poem_split = data.split_poems_dataset(poems, cfg.seed)
+        log.info("corpus: %d poems (%d train / %d val)", len(poems), len(poem_split["train"]), len(poem_split["val"]))
+        stage2 = cfg.stage2.enabled and cfg.instructions.kind != "none"
+        pair_split = None
+        if stage2:
+            pair_split, report = data.load_pairs(cfg.instructions, poem_split, cfg.seed)
+            log.info("instructions: %d pairs (%d malformed dropped)", report.pairs, report.dropped_malformed)
+        torch.manual_seed(cfg.seed)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
+        base.config.pad_token_id = tokenizer.pad_token_id
+        targets = target_modules(cfg, base.config.model_type)
+        self.status(model_id=model_id, targets=targets)
+        peft_model = None
+        if cfg.stage1.enabled and not runs.has_adapter(self.folder, 1):
+            train_ds, val_ds = self._stage1_data(tokenizer, poem_split)
+            peft_model = self._new_lora(base, targets)
+            if not self._train(1, peft_model, tokenizer, cfg.stage1, train_ds, {"val": val_ds}):
+                return "cancelled"
+        if stage2 and not runs.has_adapter(self.folder, 2):
+            assert pair_split is not None
+            if peft_model is not None:
+                base = peft_model.unload()  # back to the untouched base; stage 2 reloads stage 1's saved adapter
+            if runs.has_adapter(self.folder, 1):
+                from peft import PeftModel
+
+                peft_model = PeftModel.from_pretrained(base, runs.adapter_dir(self.folder, 1), is_trainable=True)
+            else:
+                peft_model = self._new_lora(base, targets)
+            sets = self._stage2_data(tokenizer, pair_split)
+            if not self._train(2, peft_model, tokenizer, cfg.stage2, sets["train"],
+                               {"val": sets["val"], "test": sets["test"]}):
+                return "cancelled"
+        self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1))
+        return "finished"
+
+    def _new_lora(self, base: Any, targets: list[str]) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        lora = self.config.lora
+        return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                               target_modules=targets, task_type="CAUSAL_LM"))
+
+    def _stage1_data(self, tokenizer: Any, split: dict[str, Any]) -> tuple[Any, Any]:
+        seq = self.config.stage1.seq_len
+        if self.config.packing:
+            train = data.pack(tokenizer, split["train"], seq)
+            val = data.pack(tokenizer, split["val"], seq) if _tokens(tokenizer, split["val"]) >= seq else \
+                data.pad_each(tokenizer, split["val"], seq)
+        else:
+            train, val = data.pad_each(tokenizer, split["train"], seq), data.pad_each(tokenizer, split["val"], seq)
+        if self.config.packing:
+            train = train.add_column("attention_mask", [[1] * seq] * len(train))
+            if "attention_mask" not in val.column_names:
+                val = val.add_column("attention_mask", [[1] * seq] * len(val))
+        return train, val
+
+    def _stage2_data(self, tokenizer: Any, split: dict[str, list]) -> dict[str, Any]:
+        spec, seq = self.config.instructions, self.config.stage2.seq_len
+        report = data.DataReport(source=spec.kind)
+        out = {name: data.tokenize_pairs(tokenizer, rows, seq, spec.too_long, report) for name, rows in split.items()}
+        if report.dropped_too_long or report.truncated:
+            log.info("stage 2: %d pairs dropped as too long, %d truncated (seq_len %d)",
+                     report.dropped_too_long, report.truncated, seq)
+        if len(out["train"]) == 0:
+            raise PoetError(
+                f"every stage-2 example is longer than {seq} tokens ({report.dropped_too_long} dropped); "
+                "raise stage2.seq_len or set instructions.too_long = 'truncate'"
+            )
+        self.status(stage2_data={"pairs": sum(len(v) for v in out.values()), "dropped_too_long":
+                                 report.dropped_too_long, "truncated": report.truncated})
+        for name in ("val", "test"):
+            if len(out[name]) == 0:
+                out[name] = out["train"].select(range(min(4, len(out["train"]))))
+        return out
+
+    def _train(self, stage: int, model: Any, tokenizer: Any, s: StageConfig, train_ds: Any,
+               eval_sets: dict[str, Any]) -> bool:
+        """Train one stage; save its adapter atomically. False when cancelled."""
+        import torch
+        from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
+
+        from poetwb.core.models import native_bf16
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        prec = self.config.precision
+        bf16 = prec == "bf16" or (prec == "auto" and native_bf16(device))
+        ckpt_dir = self.folder / "checkpoints" / f"stage{stage}"
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir),
+            per_device_train_batch_size=s.batch_size,
+            per_device_eval_batch_size=s.batch_size,
+            gradient_accumulation_steps=s.grad_accum,
+            learning_rate=s.learning_rate,
+            num_train_epochs=s.epochs,
+            max_steps=s.max_steps,
+            warmup_steps=s.warmup_ratio,
+            weight_decay=s.weight_decay,
+            lr_scheduler_type="cosine",
+            logging_steps=s.logging_steps,
+            logging_first_step=True,
+            eval_strategy="steps",
+            eval_steps=s.eval_steps,
+            eval_on_start=True,
+            save_strategy="steps",
+            save_steps=s.save_steps,
+            save_total_limit=2,
+            bf16=bf16,
+            use_cpu=device == "cpu",
+            ddp_backend="gloo" if device == "cpu" and self.world_size > 1 else None,
+            report_to="none",
+            seed=self.config.seed,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            include_num_input_tokens_seen="non_padding",
+        )
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
+        callback = _RunCallback(self, stage)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets["val"],
+                          data_collator=collator, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # our callback reports; no dicts on stdout
+        resume = runs.last_checkpoint(self.folder, stage)
+        self.status(stage=stage, step=0 if resume is None else int(resume.name.split("-")[-1]))
+        log.info("stage %d: %d train examples, resume from %s", stage, len(train_ds), resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if callback.cancelled:
+            self.status(state="cancelled", cancelled=runs.now_iso())
+            return False
+        for name, ds in eval_sets.items():
+            if name == "val":
+                continue
+            metrics = trainer.evaluate(ds, metric_key_prefix=name)
+            self.metric({"stage": stage, "step": trainer.state.global_step, "epoch": trainer.state.epoch,
+                         f"{name}_loss": metrics[f"{name}_loss"], "elapsed_s": self.elapsed()})
+        if self.main:
+            with atomic_dir(runs.adapter_dir(self.folder, stage)) as tmp:
+                model.save_pretrained(tmp)
+        final = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if final:
+            status = runs.read_status(self.folder)
+            losses = dict(status.get("eval_loss", {}))
+            losses[f"stage{stage}_start"] = final[0]["eval_loss"]
+            losses[f"stage{stage}_end"] = final[-1]["eval_loss"]
+            self.status(eval_loss=losses)
+        return True
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+
+def _tokens(tokenizer: Any, poems: Any) -> int:
+    return sum(len(tokenizer(data.poem_document(p), add_special_tokens=False)["input_ids"]) + 1 for p in poems)
+
+
+class _RunCallback(TrainerCallback):
+    """Writes metrics.jsonl and status.json as the Trainer logs; stops cleanly on a cancel request."""
+
+    def __init__(self, job: Job, stage: int) -> None:
+        self.job, self.stage = job, stage
+        self.cancelled = False
+        self.last = (time.monotonic(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = (time.monotonic(), state.num_input_tokens_seen)
+        self.job.status(stage=self.stage, total_steps=state.max_steps, state="running")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.job.status(step=state.global_step, total_steps=state.max_steps)
+        if self.job.cancel_requested():
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.last = (time.monotonic(), state.num_input_tokens_seen)  # tokens/s measures training, not eval
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = (time.monotonic(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        record: dict[str, Any] = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch,
+                                  "total_steps": state.max_steps, "elapsed_s": self.job.elapsed()}
+        if "loss" in logs:
+            now, tokens = time.monotonic(), state.num_input_tokens_seen
+            dt_s = now - self.last[0]
+            record.update(loss=logs["loss"], learning_rate=logs.get("learning_rate", 0.0),
+                          tokens_seen=tokens, tokens_per_s=round((tokens - self.last[1]) / dt_s, 1) if dt_s else 0.0)
+            if "grad_norm" in logs:
+                record["grad_norm"] = float(logs["grad_norm"])
+            self.last = (now, tokens)
+        elif "eval_loss" in logs:
+            record["eval_loss"] = logs["eval_loss"]
+        else:
+            return
+        self.job.metric(record)
+
+
+def _setup_logging(folder: Path) -> None:
+    handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("poetwb", "transformers.trainer"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # log.txt gets the details; the terminal gets our progress lines
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def run_job(folder: Path, echo: bool = False, lock_timeout: float = 15.0) -> str:
+    """Run (or resume) the job in this process. Returns the final state; errors land in status.json."""
+    rank, _ = world()
+    lock = exclusive_lock(folder / ".lock", timeout=lock_timeout) if rank == 0 else contextlib.nullcontext()
+    try:
+        lock.__enter__()
+    except BlockingIOError as exc:
+        pid = runs.read_status(folder).get("pid")
+        raise PoetError(f"run {folder.name!r} is already running (pid {pid}); wait for it or cancel it") from exc
+    try:
+        if rank == 0:
+            (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
+            _setup_logging(folder)
+        job = Job(folder, echo=echo)
+        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
+            if _main_thread() else None
+        try:
+            return job.run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    except BaseException as exc:
+        state, message, cause = _describe_failure(exc)
+        if rank == 0:
+            runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso())
+            logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
+        if isinstance(exc, PoetError | KeyboardInterrupt):
+            raise
+        raise PoetError(message) from exc
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _describe_failure(exc: BaseException) -> tuple[str, str, str]:
+    import torch
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled", "interrupted by the user", "cancelled"
+    if isinstance(exc, PoetError):
+        return "failed", str(exc), "bad input"
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
+        return "failed", "out of memory: lower batch_size or seq_len, or pick a smaller model", "out of memory"
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return "failed", f"{type(exc).__name__}: {first}", "internal error (see log.txt)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m poetwb.core.train_job RUN_DIR", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        state = run_job(Path(args[0]).resolve(), echo=False)
+    except PoetError as exc:
+        print(f"poetwb: error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if state == "finished" else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
