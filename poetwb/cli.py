@@ -179,8 +179,6 @@ def _instruction_spec(value: str) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import subprocess
-
     from poetwb.core import runs
 
     if args.resume:
@@ -195,12 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         folder = runs.create_run(config, args.run_id)
     print(f"run {folder.name}  ({folder})", flush=True)
     if args.detach:
-        with open(folder / "stdout.txt", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "poetwb.core.train_job", str(folder)],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        runs.update_status(folder, pid=proc.pid)
-        print(f"training in the background (pid {proc.pid}); follow it with `poetwb runs`", flush=True)
+        pid = runs.launch_detached(folder)
+        print(f"training in the background (pid {pid}); follow it with `poetwb runs`", flush=True)
         return 0
     from poetwb.core.train_job import run_job
 
@@ -232,6 +226,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     status = runs.request_cancel(args.run, wait_s=args.wait)
     print(f"run {args.run}: {status['state']} at stage {status.get('stage')} step {status.get('step')}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from poetwb.core.bench import bench_train, format_report
+
+    result = bench_train(args.model, args.poets.split(",") if args.poets else None, args.tokens)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 
@@ -296,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it to stop")
     p.set_defaults(handler=cmd_cancel)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["train"], help="train: the report's recipe vs poetwb's default")
+    p.add_argument("-m", "--model", default="bundled")
+    p.add_argument("--poets", help="bundled poets (default shakespeare)")
+    p.add_argument("--tokens", type=int, default=4096, help="useful training tokens per leg")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

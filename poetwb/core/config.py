@@ -63,7 +63,8 @@ class LoraSettings:
     dropout: float = 0.05
     """Dropout on the LoRA input during training."""
     target_modules: list[str] | None = None
-    """Module names to adapt; None picks per architecture (GPT-2's fused c_attn/c_proj, Llama-style q/k/v/o)."""
+    """Module names to adapt; None picks per architecture (GPT-2's fused c_attn/c_proj/c_fc, Llama-style
+    q/k/v/o); ["all-linear"] adapts every linear layer except the output head."""
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"LoRA rank must be >= 1, got {self.r}")

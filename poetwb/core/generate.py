@@ -174,3 +174,21 @@ def generate(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool 
     counts: list[int] = []
     text = "".join(stream(loaded, prompt, sampling, instruct, token_counts=counts))
     return Generation(text, counts[0] if counts else 0, time.perf_counter() - start)
+
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,
+                 cancel: threading.Event | None = None) -> Iterator[tuple[int, str]]:
+    """Base (row 0) and tuned (row 1) for the same prompt and seed in one batched generate call.
+
+    One copy of the base weights: the base row runs with the adapter disabled through peft's mixed-adapter
+    batches (adapter_names). Without an adapter both rows are the base model.
+    """
+    text = format_prompt(loaded.tokenizer, prompt, instruct)
+    extra: dict[str, Any] = {}
+    if loaded.adapter is not None:
+        active = loaded.model.active_adapter
+        extra["adapter_names"] = [BASE_ADAPTER, active if isinstance(active, str) else active[0]]
+    yield from stream_rows(loaded.model, loaded.tokenizer, [text, text], sampling, cancel, **extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,25 @@ def resolve(spec: str | None, allow_pickle: bool = False, download: bool = True)
     return spec, folder
 
 
-def hub_snapshot(repo_id: str, allow_pickle: bool = False, download: bool = True) -> Path:
-    """The local snapshot of a hub model: from the cache, or downloaded with a progress bar when online."""
+def _progress_class(callback: Callable[[int, int], None] | None) -> Any:
+    if callback is None:
+        return None
+    from tqdm.auto import tqdm
+
+    class _Reporting(tqdm):  # type: ignore[misc,valid-type]
+        def update(self, n: float | None = 1) -> bool | None:
+            result = super().update(n)
+            if self.total:
+                callback(int(self.n), int(self.total))
+            return result
+
+    return _Reporting
+
+
+def hub_snapshot(repo_id: str, allow_pickle: bool = False, download: bool = True,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """The local snapshot of a hub model: from the cache, or downloaded with a progress bar when online
+    (a terminal bar by default; progress(done, total) instead when given, for the TUI)."""
     from huggingface_hub import snapshot_download
 
     patterns = _WEIGHT_PATTERNS + (["*.bin"] if allow_pickle else [])
@@ -288,7 +306,8 @@ def hub_snapshot(repo_id: str, allow_pickle: bool = False, download: bool = True
             f"run `poetwb download {repo_id}` while online, or pick the bundled model"
         )
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=patterns, etag_timeout=10))
+        return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=patterns, etag_timeout=10,
+                                      tqdm_class=_progress_class(progress)))
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PoetError(

@@ -179,6 +179,18 @@ def request_cancel(run_id: str, wait_s: float = 120.0) -> dict[str, Any]:
     raise PoetError(f"run {run_id!r} did not stop within {wait_s:.0f} s; it will stop at its next step")
 
 
+def launch_detached(folder: Path) -> int:
+    """Start the job for folder in its own process (own session: it outlives the CLI or TUI that started it)."""
+    import subprocess
+    import sys
+
+    with open(folder / "stdout.txt", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "poetwb.core.train_job", str(folder)], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    update_status(folder, pid=proc.pid, state="running", host=socket.gethostname())
+    return proc.pid
+
+
 def last_checkpoint(folder: Path, stage: int) -> Path | None:
     ckpts = folder / "checkpoints" / f"stage{stage}"
     if not ckpts.is_dir():

@@ -41,7 +41,10 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def target_modules(config: TrainConfig, model_type: str) -> list[str]:
+def target_modules(config: TrainConfig, model_type: str) -> list[str] | str:
+    """The configured modules; ["all-linear"] means every linear layer but the output head (peft's shorthand)."""
+    if config.lora.target_modules == ["all-linear"]:
+        return "all-linear"
     if config.lora.target_modules:
         return list(config.lora.target_modules)
     return TARGETS.get(model_type, TARGETS["default"])
@@ -131,7 +134,7 @@ class Job:
         self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1))
         return "finished"
 
-    def _new_lora(self, base: Any, targets: list[str]) -> Any:
+    def _new_lora(self, base: Any, targets: list[str] | str) -> Any:
         from peft import LoraConfig, get_peft_model
 
         lora = self.config.lora
@@ -174,44 +177,10 @@ class Job:
     def _train(self, stage: int, model: Any, tokenizer: Any, s: StageConfig, train_ds: Any,
                eval_sets: dict[str, Any]) -> bool:
         """Train one stage; save its adapter atomically. False when cancelled."""
-        import torch
-        from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
+        from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
-        from poetwb.core.models import native_bf16
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        prec = self.config.precision
-        bf16 = prec == "bf16" or (prec == "auto" and native_bf16(device))
         ckpt_dir = self.folder / "checkpoints" / f"stage{stage}"
-        args = TrainingArguments(
-            output_dir=str(ckpt_dir),
-            per_device_train_batch_size=s.batch_size,
-            per_device_eval_batch_size=s.batch_size,
-            gradient_accumulation_steps=s.grad_accum,
-            learning_rate=s.learning_rate,
-            num_train_epochs=s.epochs,
-            max_steps=s.max_steps,
-            warmup_steps=s.warmup_ratio,
-            weight_decay=s.weight_decay,
-            lr_scheduler_type="cosine",
-            logging_steps=s.logging_steps,
-            logging_first_step=True,
-            eval_strategy="steps",
-            eval_steps=s.eval_steps,
-            eval_on_start=True,
-            save_strategy="steps",
-            save_steps=s.save_steps,
-            save_total_limit=2,
-            bf16=bf16,
-            use_cpu=device == "cpu",
-            ddp_backend="gloo" if device == "cpu" and self.world_size > 1 else None,
-            report_to="none",
-            seed=self.config.seed,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            disable_tqdm=True,
-            include_num_input_tokens_seen="non_padding",
-        )
+        args = training_args(s, ckpt_dir, self.config.precision, self.config.seed, self.world_size)
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
         callback = _RunCallback(self, stage)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets["val"],
@@ -229,7 +198,9 @@ class Job:
                 continue
             metrics = trainer.evaluate(ds, metric_key_prefix=name)
             self.metric({"stage": stage, "step": trainer.state.global_step, "epoch": trainer.state.epoch,
-                         f"{name}_loss": metrics[f"{name}_loss"], "elapsed_s": self.elapsed()})
+                         "total_steps": trainer.state.max_steps, f"{name}_loss": metrics[f"{name}_loss"],
+                         "learning_rate": callback.learning_rate, "tokens_per_s": callback.tokens_per_s,
+                         "elapsed_s": self.elapsed()})
         if self.main:
             with atomic_dir(runs.adapter_dir(self.folder, stage)) as tmp:
                 model.save_pretrained(tmp)
@@ -246,6 +217,53 @@ class Job:
         return round(time.monotonic() - self.started, 2)
 
 
+def use_bf16(precision: str) -> bool:
+    import torch
+
+    from poetwb.core.models import native_bf16
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
+def training_args(s: StageConfig, output_dir: Path, precision: str, seed: int, world_size: int = 1,
+                  evaluate: bool = True) -> Any:
+    """TrainingArguments for one stage: LoRA-friendly defaults, bf16 only where the hardware has it natively."""
+    import torch
+    from transformers import TrainingArguments
+
+    cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        warmup_steps=s.warmup_ratio,
+        weight_decay=s.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=s.eval_steps if evaluate else None,
+        eval_on_start=evaluate,
+        save_strategy="steps" if evaluate else "no",
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        bf16=use_bf16(precision),
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and world_size > 1 else None,
+        report_to="none",
+        seed=seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
 def _tokens(tokenizer: Any, poems: Any) -> int:
     return sum(len(tokenizer(data.poem_document(p), add_special_tokens=False)["input_ids"]) + 1 for p in poems)
 
@@ -257,6 +275,8 @@ class _RunCallback(TrainerCallback):
         self.job, self.stage = job, stage
         self.cancelled = False
         self.last = (time.monotonic(), 0)
+        self.learning_rate = 0.0
+        self.tokens_per_s = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = (time.monotonic(), state.num_input_tokens_seen)
@@ -283,13 +303,16 @@ class _RunCallback(TrainerCallback):
         if "loss" in logs:
             now, tokens = time.monotonic(), state.num_input_tokens_seen
             dt_s = now - self.last[0]
-            record.update(loss=logs["loss"], learning_rate=logs.get("learning_rate", 0.0),
-                          tokens_seen=tokens, tokens_per_s=round((tokens - self.last[1]) / dt_s, 1) if dt_s else 0.0)
+            self.learning_rate = float(logs.get("learning_rate", 0.0))
+            self.tokens_per_s = round((tokens - self.last[1]) / dt_s, 1) if dt_s else 0.0
+            record.update(loss=logs["loss"], learning_rate=self.learning_rate, tokens_seen=tokens,
+                          tokens_per_s=self.tokens_per_s)
             if "grad_norm" in logs:
                 record["grad_norm"] = float(logs["grad_norm"])
             self.last = (now, tokens)
-        elif "eval_loss" in logs:
-            record["eval_loss"] = logs["eval_loss"]
+        elif "eval_loss" in logs:  # eval events carry the latest training figures too
+            record.update(eval_loss=logs["eval_loss"], learning_rate=self.learning_rate,
+                          tokens_per_s=self.tokens_per_s)
         else:
             return
         self.job.metric(record)

@@ -1,48 +1,109 @@
-"""PoetApp: the workbench's frame. Heavy work runs in workers that call poetwb.core; nothing here imports torch."""
+"""PoetApp: the workbench's frame — five panes, key bindings, the command palette, and shared state (the picked
+base model, the data choices, the poem library, loaded models). Nothing here imports torch at start-up."""
 
 from __future__ import annotations
 
-from textual import work
-from textual.app import App, ComposeResult
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.widgets import Footer, Header, Input, Static
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from poetwb import __version__
+from poetwb.core.library import Library
+from poetwb.tui.messages import DataChosen, ModelPicked
+
+PANES = [("models", "Models", "f1"), ("data", "Data", "f2"), ("train", "Train", "f3"), ("compare", "Compare", "f4"),
+         ("poems", "Poems", "f5")]
 
 
 class PoetApp(App[None]):
-    """A minimal workbench: the default model and a prompt box that generates with it."""
+    """The poetry workbench."""
 
     TITLE = "poetwb"
     SUB_TITLE = f"poetry workbench {__version__}"
     CSS_PATH = "app.tcss"
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS = [
+        *(Binding(key, f"show('{pane}')", title) for pane, title, key in PANES),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, base_model: str = "bundled") -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.corpus: dict[str, Any] = {}
+        self.instructions: dict[str, Any] = {}
+        self._library: Library | None = None
+        self._models: dict[tuple[str, str | None], Any] = {}
+        self._models_lock = threading.Lock()
+
+    @property
+    def library(self) -> Library:
+        if self._library is None:
+            self._library = Library()
+        return self._library
 
     def compose(self) -> ComposeResult:
+        from poetwb.tui.panes.compare import ComparePane
+        from poetwb.tui.panes.data import DataPane
+        from poetwb.tui.panes.models import ModelsPane
+        from poetwb.tui.panes.poems import PoemsPane
+        from poetwb.tui.panes.train import TrainPane
+
         yield Header()
-        with Vertical(id="main"):
-            yield Static("Model: bundled SmolLM2-135M-Instruct (offline)", id="model-line")
-            yield Input(placeholder="The sea is blue, the sky is red", id="prompt")
-            yield Static("", id="poem")
+        with TabbedContent(initial="models"):
+            with TabPane("Models", id="models"):
+                yield ModelsPane()
+            with TabPane("Data", id="data"):
+                yield DataPane()
+            with TabPane("Train", id="train"):
+                yield TrainPane()
+            with TabPane("Compare", id="compare"):
+                yield ComparePane()
+            with TabPane("Poems", id="poems"):
+                yield PoemsPane()
         yield Footer()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.query_one("#poem", Static).update("…")
-        self.generate_poem(event.value)
+    def action_show(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def generate_poem(self, prompt: str) -> None:
-        from poetwb.core import generate, models
-        from poetwb.core.config import SamplingConfig
-        from poetwb.core.errors import PoetError
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for pane, title, key in PANES:
+            yield SystemCommand(f"Show {title}", f"Switch to the {title} pane ({key.upper()})",
+                                lambda p=pane: self.action_show(p))
+        yield SystemCommand("Start training", "Launch the two-stage job with the Train pane's settings",
+                            lambda: (self.action_show("train"), self.query_one("#start").press()))
+        yield SystemCommand("Generate side by side", "Base vs fine-tuned for the Compare pane's prompt",
+                            lambda: (self.action_show("compare"), self.query_one("#generate").press()))
+        yield SystemCommand("Export poems", "Export the marked poems to Markdown",
+                            lambda: (self.action_show("poems"), self.query_one("#export").press()))
 
-        poem = self.query_one("#poem", Static)
-        try:
-            loaded = models.load(None)
-            text = prompt
-            for chunk in generate.stream(loaded, prompt, SamplingConfig()):
-                text += chunk
-                self.call_from_thread(poem.update, text)
-        except PoetError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error")
+    @on(ModelPicked)
+    def model_picked(self, event: ModelPicked) -> None:
+        self.base_model = event.model_id
+        self.sub_title = f"base model: {event.model_id}"
+        self.notify(f"base model: {event.model_id}")
+
+    @on(DataChosen)
+    def data_chosen(self, event: DataChosen) -> None:
+        self.corpus, self.instructions = event.corpus, event.instructions
+
+    def load_model(self, model: str, adapter: str | None) -> Any:
+        """Load (once) and cache a model with its adapter; called from worker threads."""
+        from poetwb.core import models
+
+        key = (model, adapter)
+        with self._models_lock:
+            if key not in self._models:
+                self._models.clear()  # keep one model in memory at a time
+                self._models[key] = models.load(model, adapter)
+            return self._models[key]
+
+    def on_unmount(self) -> None:
+        if self._library is not None:
+            self._library.close()

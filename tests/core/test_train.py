@@ -99,26 +99,43 @@ def _fail_run(capsys, config_text, run_id):
     return code, capsys.readouterr().err, status
 
 
-def test_bad_data_fails_with_the_error_in_status_and_on_the_cli(tiny_train_config, tmp_path, capsys):
+def _bad_inputs(tmp_path):
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\x00\x01\x02binary")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Übermut tut selten gut".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    csv_file = tmp_path / "pf.csv"
+    csv_file.write_text("Title,Body\nA,B\n")
+    no_assistant = tmp_path / "conv.jsonl"
+    no_assistant.write_text(json.dumps({"conversation": "User: a poem please"}) + "\n")
+    return {
+        "empty": (f'kind = "local"\npath = "{empty}"', "", "yields no poems"),
+        "binary": (f'kind = "local"\npath = "{binary}"', "", "binary"),
+        "latin": (f'kind = "local"\npath = "{latin}"', "", "not UTF-8"),
+        "csv": (f'kind = "local"\npath = "{csv_file}"', "", "no column 'Poem'"),
+        "conv": ("", f'kind = "conversations"\npath = "{no_assistant}"', "without 'Assistant:'"),
+    }
+
+
+def test_bad_data_fails_with_the_error_in_status_and_on_the_cli(tiny_train_config, tiny_corpus, tmp_path, capsys):
     good = _start(tiny_train_config("gpt2", steps1=2, steps2=1), "good")
     assert run_job(good) == "finished"
     before = sorted(p.relative_to(good) for p in good.rglob("*"))
+    base_text = tiny_train_config("gpt2")
+    for run_id, (corpus, instructions, message) in _bad_inputs(tmp_path).items():
+        text = base_text
+        if corpus:
+            text = text.replace(f'kind = "local"\npath = "{tiny_corpus}"', corpus)
+        if instructions:
+            text = text.replace('[instructions]\nkind = "synth"', "[instructions]\n" + instructions)
+        code, err, status = _fail_run(capsys, text, run_id)
+        assert code == 1, run_id
+        assert message in err and err.count("\n") == 1, (run_id, err)
+        assert status["state"] == "failed" and message in status["error"] and status["cause"] == "bad input"
 
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    text = tiny_train_config("gpt2").replace(f'path = "{tmp_path / "corpus.txt"}"', f'path = "{empty}"')
-    code, err, status = _fail_run(capsys, text, "empty")
-    assert code == 1 and "yields no poems" in err
-    assert status["state"] == "failed" and "yields no poems" in status["error"] and status["cause"] == "bad input"
-
-    binary = tmp_path / "poems.txt"
-    binary.write_bytes(b"\x00\x01\x02binary")
-    text = tiny_train_config("gpt2").replace(f'path = "{tmp_path / "corpus.txt"}"', f'path = "{binary}"')
-    code, err, status = _fail_run(capsys, text, "binary")
-    assert code == 1 and "binary" in status["error"]
-
-    long_ones = tiny_train_config("gpt2").replace("seq_len = 256", "seq_len = 16")
-    code, err, status = _fail_run(capsys, long_ones, "toolong")
+    code, err, status = _fail_run(capsys, base_text.replace("seq_len = 256", "seq_len = 16"), "toolong")
     assert code == 1 and "every stage-2 example is longer than 16 tokens" in status["error"]
 
     assert sorted(p.relative_to(good) for p in good.rglob("*")) == before

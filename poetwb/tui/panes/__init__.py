@@ -1,0 +1,1 @@
+"""One module per pane of the workbench; each drives poetwb.core through workers and messages."""
