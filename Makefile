@@ -25,10 +25,12 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check poetwb tests benchmarks
+	$(BIN)/ruff check poetwb tests benchmarks assets
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_foundation.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_tui.py
+	HF_HUB_OFFLINE=1 $(BIN)/poetwb bench train
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -130,13 +130,14 @@ def _table_rows(path: Path) -> list[dict[str, Any]]:
                     except json.JSONDecodeError as exc:
                         raise PoetError(f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove it") from exc
             return rows
-        import datasets
+        import pandas as pd  # a datasets dependency; reads local tables without writing a datasets cache
 
-        kind = {".csv": "csv", ".parquet": "parquet"}[suffix]
-        if kind == "csv":
+        if suffix == ".csv":
             _read_text_file(path)  # clear error for binary / non-UTF-8 before pandas guesses
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-        return ds.to_list()
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_parquet(path)
+        return frame.to_dict(orient="records")
     except PoetError:
         raise
     except Exception as exc:
@@ -197,6 +198,7 @@ def hub_rows(dataset_id: str) -> list[dict[str, Any]]:
 
     from poetwb.core.paths import hub_offline
 
+    datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(dataset_id, split="train").to_list()
     except Exception as exc:

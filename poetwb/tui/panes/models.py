@@ -34,7 +34,7 @@ class ModelsPane(Vertical):
             yield Input(placeholder="local model folder, e.g. ~/models/my-gpt2", id="local-path")
             yield Button("Add folder", id="add-local")
             yield Button("Download selected", id="download")
-        yield ProgressBar(id="download-progress", show_eta=True)
+        yield ProgressBar(id="download-progress", total=1, show_eta=True)
         yield Label("", id="models-status")
 
     def on_mount(self) -> None:

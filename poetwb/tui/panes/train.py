@@ -56,6 +56,7 @@ class TrainPane(Vertical):
     def on_mount(self) -> None:
         self.query_one("#runs-table", DataTable).add_columns("run", "state", "stage", "step", "held-out loss", "error")
         self.fill_from_preset("cpu-quick")
+        self.query_one("#train-progress", ProgressBar).update(total=1, progress=0)  # idle, not "indeterminate"
         self.refresh_runs()
         running = [r for r in self._runs() if r.state == "running"]
         if running:  # re-attach to a job started before the app was (re)opened, and show it
