@@ -237,6 +237,75 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from poetwb.core import evaluate
+
+    result: dict[str, Any] = {"loss": evaluate.evaluate_run(args.run, batch_size=args.batch_size)}
+    if args.metrics:
+        prompts = evaluate.load_prompts(args.prompts)
+        result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    models = result["loss"]["models"]
+    splits = sorted({s for m in models.values() for s in m})
+    table = Table(title=f"held-out loss (perplexity), run {args.run}", title_justify="left")
+    table.add_column("model")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name, row in models.items():
+        table.add_row(name, *[f"{row[s]['loss']:.3f} ({row[s]['perplexity']:.1f})" if s in row else ""
+                              for s in splits])
+    console.print(table)
+    if "metrics" in result:
+        mt = Table(title="poetic metrics", title_justify="left")
+        keys = ["lines_per_poem", "syllables_per_line", "end_rhyme_rate", "distinct_1", "distinct_2",
+                "vocab_overlap", "topic_hit_rate"]
+        mt.add_column("")
+        for k in keys:
+            mt.add_column(k.replace("_", " "), justify="right")
+        for name, row in result["metrics"]["table"].items():
+            mt.add_row(name, *["" if row.get(k) is None else f"{row[k]:.2f}" for k in keys])
+        console.print(mt)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from poetwb.core import generate, models
+
+    sampling = _sampling(args)
+    if not args.prompt.strip():
+        raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
+    loaded = models.load(args.model, args.adapter, dtype=args.dtype)
+    texts = ["", ""]
+    for row, chunk in generate.side_by_side(loaded, args.prompt, sampling, args.instruct):
+        texts[row] += chunk
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "model": loaded.model_id, "adapter": str(loaded.adapter),
+                          "base": texts[0], "tuned": texts[1], "sampling": sampling.to_dict()}, indent=2))
+        return 0
+    from rich.columns import Columns
+    from rich.console import Console
+    from rich.panel import Panel
+
+    lead = "" if args.instruct else args.prompt
+    Console().print(Columns([Panel(lead + texts[0], title="base"), Panel(lead + texts[1], title="fine-tuned")],
+                            equal=True, expand=True))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from poetwb.core.report import build_report
+
+    path = build_report(args.run, Path(args.output), evaluate=not args.no_eval)
+    print(path)
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from poetwb.tui.app import PoetApp
 
@@ -298,6 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it to stop")
     p.set_defaults(handler=cmd_cancel)
+
+    p = sub.add_parser("eval", help="held-out loss/perplexity before and after each stage; poetic metrics")
+    p.add_argument("run")
+    p.add_argument("--metrics", action="store_true", help="also generate for a prompt set and measure poetry")
+    p.add_argument("--prompts", help="a prompts TOML (default: assets/prompts.toml)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("compare", help="base vs fine-tuned side by side (one batched pass)")
+    p.add_argument("-m", "--model", default=None, help="base model (default: bundled)")
+    p.add_argument("-a", "--adapter", required=True, help="a run id or adapter folder")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("--instruct", action="store_true")
+    _sampling_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("report", help="write a Markdown report of a run")
+    p.add_argument("run")
+    p.add_argument("-o", "--output", default="report.md")
+    p.add_argument("--no-eval", action="store_true", help="do not compute missing eval/metrics")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=["train"], help="train: the report's recipe vs poetwb's default")

@@ -246,3 +246,38 @@ async def test_poems_pane_search_delete_and_unwritable_export(tmp_path):
         assert table.row_count == 1
     assert [p.text for p in Library().search()] == ["Salt and stone"]
     assert Path(blocker).read_text() == "x"
+
+
+async def test_blind_ab_votes_accumulate_into_a_win_rate(tiny_models, finished_run, settle):
+    from textual.widgets import Switch
+
+    from poetwb.core.votes import Votes
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        app.query_one("#blind", Switch).value = True
+        app.query_one("#compare-prompt", Input).value = "The sea"
+        for key in ("f6", "f7", "f8"):
+            await pilot.click("#generate")
+            await settle(pilot)
+            assert str(app.query_one("#base-title", Label).render()) == "A"
+            app.query_one("#compare-prompt").focus()
+            await pilot.press(key)
+            await pilot.pause()
+        assert "win rate" in str(app.query_one("#vote-tally", Label).render())
+    tally = Votes().tally("done")
+    assert tally.votes == 3 and tally.ties == 1 and tally.tuned + tally.base == 2
+
+
+async def test_train_pane_evaluates_a_run(finished_run, settle):
+    app = PoetApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        app.query_one("#train-pane").attach("done")
+        await pilot.click("#evaluate")
+        await settle(pilot)
+        text = str(app.query_one("#eval-table", Label).render())
+        assert "base" in text and "stage2" in text and "stage1_val" in text

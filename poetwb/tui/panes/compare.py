@@ -28,6 +28,9 @@ class ComparePane(Vertical):
         Binding("ctrl+s", "save('tuned')", "Save tuned poem"),
         Binding("ctrl+b", "save('base')", "Save base poem"),
         Binding("ctrl+g", "generate", "Generate"),
+        Binding("f6", "vote('A')", "Vote A"),
+        Binding("f7", "vote('B')", "Vote B"),
+        Binding("f8", "vote('tie')", "Tie"),
     ]
 
     def __init__(self) -> None:
@@ -36,6 +39,7 @@ class ComparePane(Vertical):
         self.texts = {"base": "", "tuned": ""}
         self.last: dict[str, Any] = {}
         self.stop = threading.Event()
+        self.blind_sides: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
         from poetwb.core.config import SamplingConfig
@@ -50,6 +54,8 @@ class ComparePane(Vertical):
             yield Label("instruction", classes="switch-label")
             yield Switch(id="instruct")
             yield Input(str(d.seed), type="integer", id="seed")
+            yield Label("blind A/B", classes="switch-label")
+            yield Switch(id="blind")
             yield Button("Generate", id="generate", variant="primary")
         with Horizontal(id="sliders"):
             with Vertical():
@@ -59,6 +65,7 @@ class ComparePane(Vertical):
             with Vertical():
                 yield Slider("repetition penalty", 1.0, 2.0, 0.05, d.repetition_penalty, id="repetition_penalty")
                 yield Slider("max new tokens", 16, 512, 16, d.max_new_tokens, integer=True, id="max_new_tokens")
+        yield Label("", id="vote-tally")
         with Horizontal(id="columns"):
             with VerticalScroll(classes="column"):
                 yield Label("base model", classes="column-title", id="base-title")
@@ -136,7 +143,53 @@ class ComparePane(Vertical):
         instruct = self.query_one("#instruct", Switch).value
         self.last = {"prompt": prompt, "mode": "instruct" if instruct else "raw", "adapter": adapter or "",
                      "sampling": sampling.to_dict(), "seed": sampling.seed, "model": self.app.base_model}
+        self.blind_sides = None
+        if self.query_one("#blind", Switch).value and adapter:
+            import random
+
+            self.blind_sides = random.choice([("base", "tuned"), ("tuned", "base")])  # which model is A, B
+        self._titles()
         self.run_generation(prompt, instruct, sampling, adapter, self.stop)
+
+    def _titles(self) -> None:
+        """Column titles: the models' names, or A / B in blind mode (the columns' order is then random)."""
+        blind = self.blind_sides is not None
+        self.query_one("#base-title", Label).update("A" if blind else "base model")
+        self.query_one("#tuned-title", Label).update("B" if blind else "fine-tuned")
+
+    def _column(self, key: str) -> str:
+        """The widget column a model streams into: base left and tuned right, unless blind mode swapped them."""
+        if self.blind_sides is None:
+            return key
+        return ("base", "tuned")[self.blind_sides.index(key)]
+
+    def action_vote(self, choice: str) -> None:
+        from poetwb.core.votes import Votes
+
+        if self.blind_sides is None or not all(self.texts.values()):
+            self.app.notify("turn on blind A/B and generate a pair first", severity="warning")
+            return
+        run_id = self.run_id_of(self.last["adapter"])
+        tuned_side = "A" if self.blind_sides[0] == "tuned" else "B"
+        votes = Votes()
+        texts = {side: self.texts[model] for side, model in zip("AB", self.blind_sides, strict=True)}
+        votes.add(run_id, self.last["prompt"], texts["A"], texts["B"], tuned_side, choice, self.last["sampling"])
+        tally = votes.tally(run_id)
+        votes.close()
+        lo, hi = tally.interval
+        verdict = {"tie": "a tie"}.get(choice, "the fine-tuned poem" if choice == tuned_side else "the base poem")
+        self.query_one("#vote-tally", Label).update(
+            f"You chose {verdict}. Run {run_id}: tuned wins {tally.tuned}, base wins {tally.base}, ties {tally.ties}"
+            f" — win rate {tally.win_rate:.0%} (95 % CI {lo:.0%}–{hi:.0%})")
+        self.blind_sides = None
+        self._titles()
+
+    @staticmethod
+    def run_id_of(adapter: str) -> str:
+        from pathlib import Path
+
+        path = Path(adapter)
+        return path.parent.parent.name if path.parent.name == "adapters" else path.name
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_generation(self, prompt: str, instruct: bool, sampling: Any, adapter: str | None,
@@ -155,7 +208,8 @@ class ComparePane(Vertical):
             for row, chunk in stream:
                 key = keys[row]
                 self.texts[key] += chunk
-                self.app.call_from_thread(self.query_one(f"#{key}-text", Static).update, self.texts[key])
+                column = self._column(key)
+                self.app.call_from_thread(self.query_one(f"#{column}-text", Static).update, self.texts[key])
         except PoetError as exc:
             self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=8)
 

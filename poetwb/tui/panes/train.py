@@ -42,6 +42,7 @@ class TrainPane(Vertical):
             yield Button("Start", id="start", variant="success")
             yield Button("Cancel", id="cancel", variant="error")
             yield Button("Resume", id="resume")
+            yield Button("Evaluate", id="evaluate")
         with Grid(id="hyper"):
             for fid, _, label, _ in FIELDS:
                 yield Label(label)
@@ -51,6 +52,7 @@ class TrainPane(Vertical):
             yield ProgressBar(id="train-progress", show_eta=True)
             yield Label("", id="train-figures")
         yield LossChart(id="loss-chart")
+        yield Label("", id="eval-table")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
@@ -122,11 +124,45 @@ class TrainPane(Vertical):
 
     def attach(self, run_id: str) -> None:
         from poetwb.core import paths
+        from poetwb.core.evaluate import read_saved
 
         self.run_folder = paths.run_dir(run_id)
         self.metrics_offset = 0
         self.query_one(LossChart).reset()
+        self.show_eval(read_saved(self.run_folder, "eval.json"))
         self.poll()
+
+    def show_eval(self, result: dict[str, Any] | None) -> None:
+        label = self.query_one("#eval-table", Label)
+        if not result:
+            label.update("held-out loss: not evaluated yet (Evaluate)")
+            return
+        parts = []
+        for name, row in result["models"].items():
+            cells = ", ".join(f"{split} {v['loss']:.3f}" for split, v in row.items())
+            parts.append(f"[b]{name}[/b]: {cells}")
+        label.update("held-out loss — " + "   ".join(parts))
+
+    @on(Button.Pressed, "#evaluate")
+    def evaluate(self) -> None:
+        if self.run_folder is None:
+            self.app.notify("select a run in the table first", severity="warning")
+            return
+        self.query_one("#eval-table", Label).update("evaluating…")
+        self.run_eval(self.run_folder.name)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def run_eval(self, run_id: str) -> None:
+        from poetwb.core.errors import PoetError
+        from poetwb.core.evaluate import evaluate_run
+
+        try:
+            result = evaluate_run(run_id)
+        except PoetError as exc:
+            self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=8)
+            self.app.call_from_thread(self.show_eval, None)
+            return
+        self.app.call_from_thread(self.show_eval, result)
 
     def poll(self) -> None:
         from poetwb.core import runs

@@ -1,0 +1,181 @@
+"""Evidence that tuning helped: held-out loss and perplexity for the base model and after each stage, on the
+exact splits the run trained with; poetic metrics of generations for a prompt set against the poet's own
+held-out poems. Results are saved in the run directory (eval.json, metrics.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from poetwb.core import data, runs
+from poetwb.core.errors import PoetError
+from poetwb.core.fsutil import atomic_write_json
+
+
+def run_splits(folder: Path, tokenizer: Any) -> tuple[dict[str, Any], Any]:
+    """Rebuild the run's held-out sets: stage 1 val (packed as trained), stage 2 val and test (prompt masked)."""
+    cfg = runs.read_config(folder)
+    poems = data.load_poems(cfg.corpus)
+    split = data.split_poems_dataset(poems, cfg.seed)
+    sets: dict[str, Any] = {}
+    seq1 = cfg.stage1.seq_len
+    sets["stage1_val"] = data.pack(tokenizer, split["val"], seq1) if _n_tokens(tokenizer, split["val"]) >= seq1 \
+        else data.pad_each(tokenizer, split["val"], seq1)
+    if cfg.stage2.enabled and cfg.instructions.kind != "none":
+        pairs, _ = data.load_pairs(cfg.instructions, split, cfg.seed)
+        report = data.DataReport("eval")
+        for name in ("val", "test"):
+            ds = data.tokenize_pairs(tokenizer, pairs[name], cfg.stage2.seq_len, cfg.instructions.too_long, report)
+            if len(ds):
+                sets[f"stage2_{name}"] = ds
+    return sets, split
+
+
+def _n_tokens(tokenizer: Any, poems: Any) -> int:
+    return sum(len(tokenizer(data.poem_document(p), add_special_tokens=False)["input_ids"]) + 1 for p in poems)
+
+
+def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bool = False) -> tuple[float, int]:
+    """Token-weighted mean cross-entropy over label tokens (next-token, -100 ignored), without gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(ds), batch_size):
+            rows = ds[i:i + batch_size]
+            width = max(len(x) for x in rows["input_ids"])
+            ids = torch.full((len(rows["input_ids"]), width), pad_id, dtype=torch.long)
+            labels = torch.full_like(ids, -100)
+            mask = torch.zeros_like(ids)
+            for r, (x, y) in enumerate(zip(rows["input_ids"], rows["labels"], strict=True)):
+                ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            total += loss.item()
+            count += int((shift_labels != -100).sum())
+    return (total / count if count else float("nan")), count
+
+
+def load_run_model(folder: Path) -> tuple[Any, Any, list[str]]:
+    """The run's base model with every finished stage's adapter attached (named stage1 / stage2)."""
+    from peft import PeftModel
+
+    from poetwb.core import models
+
+    stages = [s for s in (1, 2) if runs.has_adapter(folder, s)]
+    if not stages:
+        raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
+    cfg = runs.read_config(folder)
+    loaded = models.load(cfg.model)
+    model = loaded.model
+    names = []
+    for i, stage in enumerate(stages):
+        path, name = runs.adapter_dir(folder, stage), f"stage{stage}"
+        try:
+            if i == 0:
+                model = PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=False)
+            else:
+                model.load_adapter(path, adapter_name=name, is_trainable=False)
+        except Exception as exc:
+            raise PoetError(f"the stage-{stage} adapter of run {folder.name!r} is damaged or does not fit "
+                            f"({type(exc).__name__}); retrain or resume the run") from exc
+        names.append(name)
+    model.eval()
+    return model, loaded.tokenizer, names
+
+
+def evaluate_run(run_id: str, batch_size: int = 8) -> dict[str, Any]:
+    """Loss and perplexity of base / stage 1 / stage 2 on every held-out split; saved as eval.json."""
+    from poetwb.core.train_job import use_bf16
+
+    folder = runs.open_run(run_id)
+    model, tokenizer, names = load_run_model(folder)
+    sets, _ = run_splits(folder, tokenizer)
+    bf16 = use_bf16("auto")
+    start = time.perf_counter()
+    table: dict[str, dict[str, Any]] = {}
+    for label in ["base", *names]:
+        row: dict[str, Any] = {}
+        for split_name, ds in sets.items():
+            if label == "base":
+                with model.disable_adapter():
+                    loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16)
+            else:
+                model.set_adapter(label)
+                loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16)
+            row[split_name] = {"loss": loss, "perplexity": math.exp(loss) if loss < 50 else float("inf"),
+                               "tokens": n}
+        table[label] = row
+    result = {"run_id": run_id, "models": table, "seconds": round(time.perf_counter() - start, 1),
+              "bf16": bf16}
+    atomic_write_json(folder / "eval.json", result)
+    return result
+
+
+def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: int = 96,
+                   seed: int = 0) -> dict[str, Any]:
+    """Generate base and tuned poems for each prompt (one batched pass each) and compare their metrics with the
+    poet's own held-out poems; saved as metrics.json with the generations."""
+    from poetwb.core import generate, metrics
+    from poetwb.core.config import SamplingConfig
+    from poetwb.core.models import LoadedModel
+
+    if not prompts:
+        raise PoetError("the prompt set is empty; give at least one prompt")
+    folder = runs.open_run(run_id)
+    model, tokenizer, names = load_run_model(folder)
+    model.set_adapter(names[-1])
+    loaded = LoadedModel(model, tokenizer, runs.read_config(folder).model, folder, runs.adapter_dir(
+        folder, int(names[-1][-1])))
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
+    outputs: dict[str, list[str]] = {"base": [], "tuned": []}
+    for p in prompts:
+        texts = ["", ""]
+        for row, chunk in generate.side_by_side(loaded, p["text"], sampling, p.get("mode") == "instruct"):
+            texts[row] += chunk
+        outputs["base"].append(texts[0].strip())
+        outputs["tuned"].append(texts[1].strip())
+    _, split = run_splits(folder, tokenizer)
+    vocab = {w for t in split["train"]["text"] for w in metrics.words(t)}
+    instruct = [p["text"] for p in prompts if p.get("mode") == "instruct"]
+    table = {}
+    for key in ("base", "tuned"):
+        row = metrics.summarize(outputs[key], vocab)
+        inst_out = [o for p, o in zip(prompts, outputs[key], strict=True) if p.get("mode") == "instruct"]
+        row["topic_hit_rate"] = metrics.summarize(inst_out, prompts=instruct)["topic_hit_rate"] if instruct else None
+        table[key] = row
+    table["poet (held-out)"] = metrics.summarize(list(split["val"]["text"]), vocab)
+    result = {"run_id": run_id, "adapter": names[-1], "table": table, "prompts": prompts, "generations": outputs,
+              "sampling": sampling.to_dict()}
+    atomic_write_json(folder / "metrics.json", result)
+    return result
+
+
+def load_prompts(path: str | None) -> list[dict[str, str]]:
+    import tomllib
+
+    from poetwb.core.paths import assets_dir
+
+    file = Path(path) if path else assets_dir() / "prompts.toml"
+    if not file.is_file():
+        raise PoetError(f"prompt set {file} does not exist")
+    try:
+        return list(tomllib.loads(file.read_text(encoding="utf-8")).get("prompts", []))
+    except tomllib.TOMLDecodeError as exc:
+        raise PoetError(f"prompt set {file} is not valid TOML: {exc}") from exc
+
+
+def read_saved(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
