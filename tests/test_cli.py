@@ -73,11 +73,25 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_no_core_module_imports_textual():
+    import pkgutil
+
+    import poetwb.core
+
+    names = [f"poetwb.core.{m.name}" for m in pkgutil.iter_modules(poetwb.core.__path__)]
+    assert "poetwb.core.train_job" in names
+    code = f"import sys\nfor n in {names!r}: __import__(n)\nassert 'textual' not in sys.modules\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_core_imports_no_textual_and_cli_start_imports_no_torch():
     code = (
         "import sys, poetwb.cli, poetwb.core.models, poetwb.core.generate, poetwb.core.config, poetwb.core.paths\n"
         "assert 'textual' not in sys.modules, 'core imported textual'\n"
         "assert 'torch' not in sys.modules, 'start-up imported torch'\n"
+        "import poetwb.tui.app, poetwb.tui.panes.train, poetwb.tui.panes.compare, poetwb.tui.panes.data\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'the TUI imported torch'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

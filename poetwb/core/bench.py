@@ -114,7 +114,6 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
         a = _train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
                        data.pad_each(tokenizer, split["train"], 512), held_out, Path(tmp) / "a")
         packed = data.pack(tokenizer, split["train"], 256)
-        packed = packed.add_column("attention_mask", [[1] * 256] * len(packed))
         b = _train_leg("poetwb default (packed 256, batch 8)", path, tokenizer, ours_cfg, ours_stage, packed,
                        held_out, Path(tmp) / "b")
     from poetwb.core.train_job import use_bf16

@@ -403,7 +403,21 @@ def pack(tokenizer: Any, poems, seq_len: int) -> Any:
             f"the corpus holds {len(ids)} tokens, less than one block of {seq_len}; add poems or lower seq_len"
         )
     blocks = [ids[i * seq_len:(i + 1) * seq_len] for i in range(n_blocks)]
-    return datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    return datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks,
+                                       "attention_mask": [[1] * seq_len] * n_blocks})
+
+
+def stage1_sets(tokenizer: Any, split: dict[str, Any], seq_len: int,
+                packing: bool = True) -> tuple[Any, Any]:
+    """Stage 1's train and val sets: packed blocks (or, without packing, one padded poem per row). A val split
+    too small for one block is padded per poem instead."""
+    if not packing:
+        return pad_each(tokenizer, split["train"], seq_len), pad_each(tokenizer, split["val"], seq_len)
+    val_tokens = sum(len(tokenizer(poem_document(p), add_special_tokens=False)["input_ids"]) + 1
+                     for p in split["val"])
+    val = pack(tokenizer, split["val"], seq_len) if val_tokens >= seq_len else \
+        pad_each(tokenizer, split["val"], seq_len)
+    return pack(tokenizer, split["train"], seq_len), val
 
 
 def pad_each(tokenizer: Any, poems, seq_len: int, report: DataReport | None = None) -> Any:

@@ -21,9 +21,7 @@ def run_splits(folder: Path, tokenizer: Any) -> tuple[dict[str, Any], Any]:
     poems = data.load_poems(cfg.corpus)
     split = data.split_poems_dataset(poems, cfg.seed)
     sets: dict[str, Any] = {}
-    seq1 = cfg.stage1.seq_len
-    sets["stage1_val"] = data.pack(tokenizer, split["val"], seq1) if _n_tokens(tokenizer, split["val"]) >= seq1 \
-        else data.pad_each(tokenizer, split["val"], seq1)
+    sets["stage1_val"] = data.stage1_sets(tokenizer, split, cfg.stage1.seq_len, cfg.packing)[1]
     if cfg.stage2.enabled and cfg.instructions.kind != "none":
         pairs, _ = data.load_pairs(cfg.instructions, split, cfg.seed)
         report = data.DataReport("eval")
@@ -32,10 +30,6 @@ def run_splits(folder: Path, tokenizer: Any) -> tuple[dict[str, Any], Any]:
             if len(ds):
                 sets[f"stage2_{name}"] = ds
     return sets, split
-
-
-def _n_tokens(tokenizer: Any, poems: Any) -> int:
-    return sum(len(tokenizer(data.poem_document(p), add_special_tokens=False)["input_ids"]) + 1 for p in poems)
 
 
 def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bool = False) -> tuple[float, int]:

@@ -176,19 +176,35 @@ def generate(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool 
     return Generation(text, counts[0] if counts else 0, time.perf_counter() - start)
 
 
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
 def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,
-                 cancel: threading.Event | None = None) -> Iterator[tuple[int, str]]:
+                 cancel: threading.Event | None = None,
+                 token_counts: list[int] | None = None) -> Iterator[tuple[int, str]]:
     """Base (row 0) and tuned (row 1) for the same prompt and seed in one batched generate call.
 
-    One copy of the base weights: the base row runs with the adapter disabled through peft's mixed-adapter
-    batches (adapter_names). Without an adapter both rows are the base model.
+    One copy of the base weights. The base row has the adapter switched off by a row mask on every LoRA
+    up-projection (its LoRA delta is multiplied by 0, so it is exactly the base model); the tuned row keeps it.
+    This is what peft's mixed-adapter batches compute, without their per-layer sub-batch indexing, which made
+    them 2x slower than two sequential calls on a 2-core CPU. Without an adapter both rows are the base model.
     """
+    import torch
+
     text = format_prompt(loaded.tokenizer, prompt, instruct)
-    extra: dict[str, Any] = {}
+    hooks = []
     if loaded.adapter is not None:
         active = loaded.model.active_adapter
-        extra["adapter_names"] = [BASE_ADAPTER, active if isinstance(active, str) else active[0]]
-    yield from stream_rows(loaded.model, loaded.tokenizer, [text, text], sampling, cancel, **extra)
+        name = active if isinstance(active, str) else active[0]
+        mask = torch.tensor([0.0, 1.0], device=next(loaded.model.parameters()).device)
+
+        def keep_tuned_row(module: Any, args: Any, output: Any) -> Any:
+            return output * mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+
+        for module_name, module in loaded.model.named_modules():
+            if module_name.endswith(f"lora_B.{name}"):
+                hooks.append(module.register_forward_hook(keep_tuned_row))
+        if not hooks:
+            raise PoetError(f"the adapter {loaded.adapter} has no LoRA layers to compare against the base model")
+    try:
+        yield from stream_rows(loaded.model, loaded.tokenizer, [text, text], sampling, cancel, token_counts)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -113,7 +113,7 @@ class Job:
         self.status(model_id=model_id, targets=targets)
         peft_model = None
         if cfg.stage1.enabled and not runs.has_adapter(self.folder, 1):
-            train_ds, val_ds = self._stage1_data(tokenizer, poem_split)
+            train_ds, val_ds = data.stage1_sets(tokenizer, poem_split, cfg.stage1.seq_len, cfg.packing)
             peft_model = self._new_lora(base, targets)
             if not self._train(1, peft_model, tokenizer, cfg.stage1, train_ds, {"val": val_ds}):
                 return "cancelled"
@@ -140,20 +140,6 @@ class Job:
         lora = self.config.lora
         return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=targets, task_type="CAUSAL_LM"))
-
-    def _stage1_data(self, tokenizer: Any, split: dict[str, Any]) -> tuple[Any, Any]:
-        seq = self.config.stage1.seq_len
-        if self.config.packing:
-            train = data.pack(tokenizer, split["train"], seq)
-            val = data.pack(tokenizer, split["val"], seq) if _tokens(tokenizer, split["val"]) >= seq else \
-                data.pad_each(tokenizer, split["val"], seq)
-        else:
-            train, val = data.pad_each(tokenizer, split["train"], seq), data.pad_each(tokenizer, split["val"], seq)
-        if self.config.packing:
-            train = train.add_column("attention_mask", [[1] * seq] * len(train))
-            if "attention_mask" not in val.column_names:
-                val = val.add_column("attention_mask", [[1] * seq] * len(val))
-        return train, val
 
     def _stage2_data(self, tokenizer: Any, split: dict[str, list]) -> dict[str, Any]:
         spec, seq = self.config.instructions, self.config.stage2.seq_len
@@ -262,10 +248,6 @@ def training_args(s: StageConfig, output_dir: Path, precision: str, seed: int, w
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
-
-
-def _tokens(tokenizer: Any, poems: Any) -> int:
-    return sum(len(tokenizer(data.poem_document(p), add_special_tokens=False)["input_ids"]) + 1 for p in poems)
 
 
 class _RunCallback(TrainerCallback):

@@ -141,8 +141,17 @@ class ComparePane(Vertical):
         self.stop.set()
         self.stop = threading.Event()
         instruct = self.query_one("#instruct", Switch).value
+        model = self.app.base_model
+        if adapter:  # a run's adapter goes with the base model that run trained
+            from pathlib import Path
+
+            from poetwb.core import runs
+
+            folder = Path(adapter).parent.parent
+            if (folder / "config.toml").is_file():
+                model = runs.read_config(folder).model
         self.last = {"prompt": prompt, "mode": "instruct" if instruct else "raw", "adapter": adapter or "",
-                     "sampling": sampling.to_dict(), "seed": sampling.seed, "model": self.app.base_model}
+                     "sampling": sampling.to_dict(), "seed": sampling.seed, "model": model}
         self.blind_sides = None
         if self.query_one("#blind", Switch).value and adapter:
             import random
@@ -198,7 +207,7 @@ class ComparePane(Vertical):
         from poetwb.core.errors import PoetError
 
         try:
-            loaded = self.app.load_model(self.app.base_model, adapter)
+            loaded = self.app.load_model(self.last["model"], adapter)
             keys = ("base", "tuned") if adapter else ("base",)
             if adapter is None:
                 self.app.call_from_thread(self.query_one("#tuned-text", Static).update, "(no fine-tuned run)")
