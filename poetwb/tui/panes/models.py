@@ -41,7 +41,9 @@ class ModelsPane(Vertical):
         table = self.query_one(DataTable)
         table.add_columns("id", "source", "architecture", "params", "offline", "LoRA train mem")
         self.query_one("#download-progress").display = False
-        self.refresh_catalogue()
+        self.query_one("#models-status", Label).update("reading the model catalogue…")
+        # after the first paint: counting parameters imports torch, which would hold up the first screen
+        self.set_timer(0.2, self.refresh_catalogue)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalogue")
     def refresh_catalogue(self) -> None:
