@@ -16,15 +16,17 @@ import time
 FIRST_PAINT = """
 import time, asyncio
 t0 = time.perf_counter()
-from poetwb.tui import app as app_module
-from poetwb.tui.app import PoetApp
+from textual.drivers.headless_driver import HeadlessDriver
 marks = {}
-class Timed(PoetApp):
-    CSS_PATH = app_module.__file__.replace("app.py", "app.tcss")
-    def on_mount(self):
-        self.call_after_refresh(lambda: marks.setdefault("paint", time.perf_counter() - t0))
+write = HeadlessDriver.write
+def first_frame(self, data):  # the first frame the driver writes is what a user would see first
+    if data and "paint" not in marks:
+        marks["paint"] = time.perf_counter() - t0
+    return write(self, data)
+HeadlessDriver.write = first_frame
+from poetwb.tui.app import PoetApp
 async def main():
-    async with Timed().run_test(size=(140, 42)) as pilot:
+    async with PoetApp().run_test(size=(140, 42)) as pilot:
         await pilot.pause()
         marks["settled"] = time.perf_counter() - t0
     print(f"{marks['paint']:.3f} {marks['settled']:.3f}")

@@ -14,6 +14,7 @@ HERE = Path(__file__).parent
 
 
 async def idle(pilot) -> None:
+    await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
     for _ in range(1200):
         await pilot.pause()
         if not [w for w in pilot.app.workers if w.is_running]:

@@ -48,6 +48,8 @@ class PoetApp(App[None]):
         return self._library
 
     def compose(self) -> ComposeResult:
+        from textual.lazy import Lazy
+
         from poetwb.tui.panes.compare import ComparePane
         from poetwb.tui.panes.data import DataPane
         from poetwb.tui.panes.models import ModelsPane
@@ -58,14 +60,15 @@ class PoetApp(App[None]):
         with TabbedContent(initial="models"):
             with TabPane("Models", id="models"):
                 yield ModelsPane()
+            # the hidden panes mount just after the first frame, so the first screen shows sooner
             with TabPane("Data", id="data"):
-                yield DataPane()
+                yield Lazy(DataPane())
             with TabPane("Train", id="train"):
-                yield TrainPane()
+                yield Lazy(TrainPane())
             with TabPane("Compare", id="compare"):
-                yield ComparePane()
+                yield Lazy(ComparePane())
             with TabPane("Poems", id="poems"):
-                yield PoemsPane()
+                yield Lazy(PoemsPane())
         yield Footer()
 
     def action_show(self, pane: str) -> None:

@@ -121,8 +121,11 @@ async def test_train_pane_starts_a_job_plots_it_and_reattaches_after_a_restart(t
     assert runs.read_status(runs.paths.run_dir(run_id))["state"] == "running"
     again = _tiny_app(tiny_models, tiny_corpus)
     async with again.run_test(size=SIZE) as pilot:
+        # the Train pane mounts just after the first frame, then re-attaches to the running job by itself
+        await until(pilot, lambda: bool(again.query("#train-pane")) and
+                    again.query_one("#train-pane").run_folder is not None, timeout=30)
         pane = again.query_one("#train-pane")
-        assert pane.run_folder is not None and pane.run_folder.name == run_id
+        assert pane.run_folder.name == run_id
         await pilot.pause()
         assert again.query_one("TabbedContent").active == "train"  # opens where the action is
         chart = again.query_one("#loss-chart")

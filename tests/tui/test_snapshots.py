@@ -12,6 +12,7 @@ SIZE = (140, 42)
 
 
 async def _idle(pilot) -> None:
+    await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
     for _ in range(600):
         await pilot.pause()
         if not [w for w in pilot.app.workers if w.is_running]:
