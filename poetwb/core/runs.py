@@ -203,5 +203,12 @@ def adapter_dir(folder: Path, stage: int) -> Path:
     return folder / "adapters" / f"stage{stage}"
 
 
+def run_of_adapter(adapter: str | Path) -> Path | None:
+    """The run folder an adapter folder belongs to (runs/<id>/adapters/stageN), or None for a free-standing one."""
+    path = Path(adapter)
+    return path.parent.parent if path.parent.name == "adapters" and (path.parent.parent / "config.toml").is_file() \
+        else None
+
+
 def has_adapter(folder: Path, stage: int) -> bool:
     return (adapter_dir(folder, stage) / "adapter_config.json").is_file()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from poetwb.tui.app import PoetApp
@@ -11,23 +9,15 @@ from poetwb.tui.app import PoetApp
 SIZE = (140, 42)
 
 
-async def _idle(pilot) -> None:
-    await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
-    for _ in range(600):
-        await pilot.pause()
-        if not [w for w in pilot.app.workers if w.is_running]:
-            return
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize("pane", ["models", "data", "train", "compare", "poems"])
-def test_pane_snapshot(pane, snap_compare):
+def test_pane_snapshot(pane, snap_compare, settle):
     async def before(pilot) -> None:
-        await _idle(pilot)
+        await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
+        await settle(pilot)
         pilot.app.action_show(pane)
         if pane == "poems":
             pilot.app.query_one("#export-dir").value = "~/poems"
         await pilot.pause()
-        await _idle(pilot)
+        await settle(pilot)
 
     assert snap_compare(PoetApp(), terminal_size=SIZE, run_before=before)

@@ -143,12 +143,9 @@ class ComparePane(Vertical):
         instruct = self.query_one("#instruct", Switch).value
         model = self.app.base_model
         if adapter:  # a run's adapter goes with the base model that run trained
-            from pathlib import Path
-
             from poetwb.core import runs
 
-            folder = Path(adapter).parent.parent
-            if (folder / "config.toml").is_file():
+            if (folder := runs.run_of_adapter(adapter)) is not None:
                 model = runs.read_config(folder).model
         self.last = {"prompt": prompt, "mode": "instruct" if instruct else "raw", "adapter": adapter or "",
                      "sampling": sampling.to_dict(), "seed": sampling.seed, "model": model}
@@ -178,7 +175,10 @@ class ComparePane(Vertical):
         if self.blind_sides is None or not all(self.texts.values()):
             self.app.notify("turn on blind A/B and generate a pair first", severity="warning")
             return
-        run_id = self.run_id_of(self.last["adapter"])
+        from poetwb.core.runs import run_of_adapter
+
+        folder = run_of_adapter(self.last["adapter"])
+        run_id = folder.name if folder is not None else self.last["adapter"]
         tuned_side = "A" if self.blind_sides[0] == "tuned" else "B"
         votes = Votes()
         texts = {side: self.texts[model] for side, model in zip("AB", self.blind_sides, strict=True)}
@@ -192,13 +192,6 @@ class ComparePane(Vertical):
             f" — win rate {tally.win_rate:.0%} (95 % CI {lo:.0%}–{hi:.0%})")
         self.blind_sides = None
         self._titles()
-
-    @staticmethod
-    def run_id_of(adapter: str) -> str:
-        from pathlib import Path
-
-        path = Path(adapter)
-        return path.parent.parent.name if path.parent.name == "adapters" else path.name
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_generation(self, prompt: str, instruct: bool, sampling: Any, adapter: str | None,

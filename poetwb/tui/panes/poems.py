@@ -10,6 +10,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Static, Switch
 
+from poetwb.core.runs import run_of_adapter
+
 
 class PoemsPane(Vertical):
     BINDINGS = [
@@ -50,9 +52,10 @@ class PoemsPane(Vertical):
         table = self.query_one(DataTable)
         table.clear()
         for p in self.shown:
-            table.add_row("✓" if p.id in self.marked else "", str(p.id), p.title, p.model[-30:],
-                          Path(p.adapter).parent.parent.name if p.adapter else "base", str(p.seed), p.created,
-                          key=str(p.id))
+            run = run_of_adapter(p.adapter) if p.adapter else None
+            source = run.name if run is not None else (Path(p.adapter).name if p.adapter else "base")
+            table.add_row("✓" if p.id in self.marked else "", str(p.id), p.title, p.model[-30:], source,
+                          str(p.seed), p.created, key=str(p.id))
 
     @on(DataTable.RowHighlighted, "#poems-table")
     def show_poem(self, event: DataTable.RowHighlighted) -> None:
