@@ -29,11 +29,11 @@ else:
 generate.generate(b, "The", SamplingConfig(max_new_tokens=2))  # warm-up
 t = time.perf_counter()
 if mode == "one-pass":
-    counts = []
-    for _ in generate.side_by_side(b, prompt, s, token_counts=counts):
+    stats = []
+    for _ in generate.side_by_side(b, prompt, s, stats=stats):
         pass
-    steps = max(counts)  # the batch runs until its longer row ends
-    tokens = sum(counts)
+    steps = max(st.new_tokens for st in stats)  # the batch runs until its longer row ends
+    tokens = sum(st.new_tokens for st in stats)
 elif mode == "sequential":
     with b.model.disable_adapter():
         g1 = generate.generate(b, prompt, s)

@@ -88,36 +88,67 @@ def _sampling(args: argparse.Namespace) -> Any:
     )
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    import time
+def _form(args: argparse.Namespace) -> Any:
+    from poetwb.core import forms
 
-    from poetwb.core import bundled, generate, models
+    if not 1 <= args.candidates <= forms.MAX_CANDIDATES:
+        raise PoetError(f"--candidates must be in 1..{forms.MAX_CANDIDATES}, got {args.candidates}")
+    return forms.make_form(args.form, args.scheme, args.syllables, args.stanzas)
+
+
+def _form_line(text: str, form: Any, stats: Any) -> str:
+    """One line under a form poem: its scheme and what it achieved, by the evaluation's own checker."""
+    from poetwb.core import metrics
+
+    r = metrics.form_report(text, form)
+    syl = " ".join(str(n) for n in r["syllables"])
+    return (f"{form.describe()} · got {r['lines']} lines, rhymes {r['rhymes_held']}/{r['rhyme_pairs']}, "
+            f"syllables {syl} · {stats.seconds:.1f} s")
+
+
+def _convert_note(model: str | None) -> None:
+    from poetwb.core import bundled
+
+    if (model is None or model in bundled.BUNDLED_ALIASES) and not bundled.is_converted():
+        _eprint("converting the bundled model to safetensors, once (~40 s)…")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from poetwb.core import generate, models
 
     sampling = _sampling(args)  # validate before any slow loading
+    form = _form(args)
     if not args.prompt.strip():
         raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
     if args.trust_remote_code:
         _eprint("warning: --trust-remote-code runs the model's own Python code on this machine")
-    if (args.model is None or args.model in bundled.BUNDLED_ALIASES) and not bundled.is_converted():
-        _eprint("converting the bundled model to safetensors, once (~40 s)…")
+    _convert_note(args.model)
     loaded = models.load(args.model, args.adapter, trust_remote_code=args.trust_remote_code,
                          allow_pickle=args.allow_pickle, dtype=args.dtype)
-    start = time.perf_counter()
+    layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
+    stats: list[Any] = []
+    chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
+                              stats=stats)
+    lead = "" if args.instruct else args.prompt
     if args.json:
-        result = generate.generate(loaded, args.prompt, sampling, instruct=args.instruct)
+        text = lead + "".join(chunk for _, chunk in chunks)
         print(json.dumps({
-            "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
-            "prompt": args.prompt, "mode": "instruct" if args.instruct else "raw", "text": result.text,
-            "new_tokens": result.new_tokens, "seconds": round(result.seconds, 3), "sampling": sampling.to_dict(),
+            "schema": 1, "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
+            "prompt": args.prompt, "mode": "instruct" if args.instruct else "raw", "text": text,
+            "form": form.describe() if form else "free", "scheme": form.scheme if form else None,
+            **stats[0].to_dict(), "sampling": sampling.to_dict(),
         }, indent=2))
         return 0
-    if not args.instruct:
-        print(args.prompt, end="", flush=True)
-    for chunk in generate.stream(loaded, args.prompt, sampling, instruct=args.instruct):
+    print(lead, end="", flush=True)
+    text = lead
+    for _, chunk in chunks:
+        text += chunk
         print(chunk, end="", flush=True)
     print()
-    if args.verbose:
-        _eprint(f"{time.perf_counter() - start:.1f} s")
+    if form is not None:
+        _eprint(_form_line(text, form, stats[0]))
+    elif args.verbose:
+        _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s ({stats[0].reason})")
     return 0
 
 
@@ -274,27 +305,78 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_label(adapter: Any) -> str:
+    """A column title for an adapter: its run and poets, else the folder's name."""
+    from poetwb.core import runs
+
+    folder = runs.run_of_adapter(adapter)
+    if folder is None:
+        return Path(adapter).name
+    cfg = runs.read_config(folder)
+    who = ", ".join(cfg.corpus.poets) if cfg.corpus.kind == "bundled" else Path(cfg.corpus.path or
+                                                                                cfg.corpus.dataset).name
+    return f"{folder.name} ({who})"
+
+
+def _runs_base(adapters: list[Any]) -> str | None:
+    """The base model the adapters' runs trained; they must agree (one copy of the base weights serves all)."""
+    from poetwb.core import runs
+
+    bases = {}
+    for a in adapters:
+        folder = runs.run_of_adapter(a)
+        if folder is not None:
+            bases[runs.read_config(folder).model] = folder.name
+    if len(bases) > 1:
+        raise PoetError("the runs were trained on different base models (" + ", ".join(
+            f"{run}: {m}" for m, run in bases.items()) + "); compare runs of one base model, or pass -m")
+    return next(iter(bases), None)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from poetwb.core import generate, models
 
     sampling = _sampling(args)
+    form = _form(args)
     if not args.prompt.strip():
         raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
-    loaded = models.load(args.model, args.adapter, dtype=args.dtype)
-    texts = ["", ""]
-    for row, chunk in generate.side_by_side(loaded, args.prompt, sampling, args.instruct):
-        texts[row] += chunk
+    if len(args.adapter) > 4:
+        raise PoetError(f"compare up to four fine-tuned runs at once, got {len(args.adapter)}")
+    adapters = [models.resolve_adapter(a) for a in args.adapter]
+    model = args.model or _runs_base(adapters)
+    _convert_note(model)
+    loaded = models.load(model, adapters=adapters, dtype=args.dtype)
+    names = generate.adapter_names(loaded)
+    layout = [None, *names]
+    labels = ["base", *(_run_label(a) for a in adapters)]
+    texts = [""] * len(layout)
+    stats: list[Any] = []
+    for col, chunk in generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
+                                       stats=stats):
+        texts[col] += chunk
+    lead = "" if args.instruct else args.prompt
+    texts = [lead + t for t in texts]
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "model": loaded.model_id, "adapter": str(loaded.adapter),
-                          "base": texts[0], "tuned": texts[1], "sampling": sampling.to_dict()}, indent=2))
+        cols = [{"label": label, "adapter": str(a) if a else None, "text": t, **st.to_dict()}
+                for label, a, t, st in zip(labels, [None, *adapters], texts, stats, strict=True)]
+        print(json.dumps({"schema": 1, "prompt": args.prompt, "model": loaded.model_id,
+                          "mode": "instruct" if args.instruct else "raw",
+                          "form": form.describe() if form else "free", "columns": cols,
+                          "base": texts[0], "tuned": texts[1], "adapter": str(adapters[0]),
+                          "sampling": sampling.to_dict()}, indent=2))
         return 0
     from rich.columns import Columns
     from rich.console import Console
     from rich.panel import Panel
 
-    lead = "" if args.instruct else args.prompt
-    Console().print(Columns([Panel(lead + texts[0], title="base"), Panel(lead + texts[1], title="fine-tuned")],
-                            equal=True, expand=True))
+    panels = []
+    for label, text, st in zip(labels, texts, stats, strict=True):
+        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s"
+        panels.append(Panel(text, title=label, subtitle=foot))
+    Console().print(Columns(panels, equal=True, expand=True))
+    if form is not None:
+        for label, text, st in zip(labels, texts, stats, strict=True):
+            _eprint(f"{label}: {_form_line(text, form, st)}")
     return 0
 
 
@@ -339,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", required=True, help="first line to continue, or a request with --instruct")
     p.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction (chat template)")
     _sampling_args(p)
+    _form_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object when done instead of streaming")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=cmd_generate)
@@ -377,12 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
-    p = sub.add_parser("compare", help="base vs fine-tuned side by side (one batched pass)")
-    p.add_argument("-m", "--model", default=None, help="base model (default: bundled)")
-    p.add_argument("-a", "--adapter", required=True, help="a run id or adapter folder")
+    p = sub.add_parser("compare", help="base vs up to four fine-tuned runs side by side (one copy of the weights)")
+    p.add_argument("-m", "--model", default=None, help="base model (default: the one the runs trained)")
+    p.add_argument("-a", "--adapter", required=True, action="append",
+                   help="a run id or adapter folder; repeat for up to four runs")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("--instruct", action="store_true")
+    _form_args(p)
     _sampling_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_compare)
@@ -410,6 +495,18 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (auto: bf16 where the hardware has it natively)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (unsafe)")
     p.add_argument("--allow-pickle", action="store_true", help="load pickle .bin weights (unsafe)")
+
+
+def _form_args(p: argparse.ArgumentParser) -> None:
+    from poetwb.core import forms
+
+    p.add_argument("--form", default="free", choices=forms.FORM_NAMES,
+                   help="free verse, or a form written line by line with rhyme and syllable checks")
+    p.add_argument("--scheme", help="a custom rhyme scheme, spaces between stanzas, e.g. 'ABAB CDCD'")
+    p.add_argument("--syllables", help="syllables per line: 10, a range 8-9, or one per line 8,8,5,5,8")
+    p.add_argument("--stanzas", type=int, help="stanzas for quatrains, couplets for couplets")
+    p.add_argument("-k", "--candidates", type=int, default=forms.DEFAULT_CANDIDATES,
+                   help="candidate lines sampled per line in one batch (form only)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ class SamplingConfig:
             (self.top_k >= 0, f"top-k must be >= 0 (0 = off), got {self.top_k}"),
             (self.repetition_penalty > 0, f"repetition penalty must be > 0, got {self.repetition_penalty}"),
             (1 <= self.max_new_tokens <= 4096, f"max new tokens must be in 1..4096, got {self.max_new_tokens}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 <= self.seed < 2**63, f"seed must be in 0..{2**63 - 1}, got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -44,7 +44,26 @@ class Generation:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig) -> dict[str, Any]:
+@dataclass
+class RowStats:
+    """How one row (column) of a generation went: for scripts (--json) and the columns' footers."""
+
+    new_tokens: int = 0
+    seconds: float = 0.0
+    """Decode time until this row ended (model loading not included)."""
+    reason: str = "running"
+    """end of text | max tokens | cancelled | form complete | running."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 3),
+                "tokens_per_s": round(self.tokens_per_s, 2), "stop_reason": self.reason}
+
+
+def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_new_tokens": sampling.max_new_tokens,
         "repetition_penalty": sampling.repetition_penalty,
@@ -66,14 +85,14 @@ def stream_rows(
     texts: list[str],
     sampling: SamplingConfig,
     cancel: threading.Event | None = None,
-    token_counts: list[int] | None = None,
+    stats: list[RowStats] | None = None,
     **extra: Any,
 ) -> Iterator[tuple[int, str]]:
     """Yield (row, text chunk) as tokens arrive, for a batch of already formatted prompt texts.
 
     One generate call runs in a helper thread; extra keyword arguments go to model.generate (for example
     peft's adapter_names for mixed batches). Closing the iterator early stops the generation.
-    token_counts, when given, is filled with the number of new tokens of each row.
+    stats, when given, is filled with one RowStats per row (new tokens, decode seconds, why it ended).
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -103,7 +122,7 @@ def stream_rows(
     device = next(model.parameters()).device
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=_adds_special(tokenizer, texts))
     enc = {k: v.to(device) for k, v in enc.items()}
-    kwargs = _generate_kwargs(tokenizer, model, sampling)
+    kwargs = generate_kwargs(tokenizer, model, sampling)
 
     def run() -> None:
         try:
@@ -120,10 +139,13 @@ def stream_rows(
     worker.start()
     eos = set(_as_list(tokenizer.eos_token_id))
     ids: list[list[int]] = [[] for _ in texts]
-    if token_counts is not None:
-        token_counts[:] = [0] * len(texts)
+    rows = [RowStats() for _ in texts]
+    if stats is not None:
+        stats[:] = rows
     shown = [0] * len(texts)
     done = [False] * len(texts)
+    started = time.perf_counter()
+    ended = False
     try:
         while (step := tokens.get()) is not None:
             if isinstance(step, BaseException):
@@ -131,21 +153,29 @@ def stream_rows(
             for row, token in enumerate(step):
                 if done[row]:
                     continue
+                rows[row].seconds = time.perf_counter() - started
                 if token in eos:
                     done[row] = True
+                    rows[row].reason = "end of text"
                     continue
                 ids[row].append(token)
-                if token_counts is not None:
-                    token_counts[row] += 1
+                rows[row].new_tokens += 1
+                if rows[row].new_tokens >= sampling.max_new_tokens:
+                    rows[row].reason = "max tokens"
                 text = tokenizer.decode(ids[row], skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                     continue
                 if len(text) > shown[row]:
                     yield row, text[shown[row]:]
                     shown[row] = len(text)
+        ended = True
     finally:
+        cancelled = stop.is_set() or not ended
         stop.set()
         worker.join()
+        for row in rows:
+            if row.reason == "running":
+                row.reason = "cancelled" if cancelled else "max tokens"
 
 
 def _as_list(value: Any) -> list[int]:
@@ -161,50 +191,127 @@ def _adds_special(tokenizer: Any, texts: list[str]) -> bool:
 
 
 def stream(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,
-           cancel: threading.Event | None = None, token_counts: list[int] | None = None) -> Iterator[str]:
+           cancel: threading.Event | None = None, stats: list[RowStats] | None = None) -> Iterator[str]:
     """Yield text chunks of one generation from a LoadedModel."""
     text = format_prompt(loaded.tokenizer, prompt, instruct)
-    for _, chunk in stream_rows(loaded.model, loaded.tokenizer, [text], sampling, cancel, token_counts):
+    for _, chunk in stream_rows(loaded.model, loaded.tokenizer, [text], sampling, cancel, stats):
         yield chunk
 
 
 def generate(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False) -> Generation:
     """Generate one poem and return it whole."""
     start = time.perf_counter()
-    counts: list[int] = []
-    text = "".join(stream(loaded, prompt, sampling, instruct, token_counts=counts))
-    return Generation(text, counts[0] if counts else 0, time.perf_counter() - start)
+    stats: list[RowStats] = []
+    text = "".join(stream(loaded, prompt, sampling, instruct, stats=stats))
+    return Generation(text, stats[0].new_tokens if stats else 0, time.perf_counter() - start)
+
+
+class RowMask:
+    """Which rows of a batch each loaded adapter applies to: forward hooks on every LoRA up-projection multiply
+    that adapter's delta by 0 on the other rows, so a row with no adapter is exactly the base model.
+
+    This is what peft's mixed-adapter batches compute, without their per-layer sub-batch indexing (2x slower than
+    two sequential calls on a 2-core CPU). Every adapter of the model is active at once; `rows` sets the batch's
+    layout (one entry per row: an adapter name or None) and `whole` makes every row of any batch use one adapter
+    (or none), for form generation whose batches vary in size.
+    """
+
+    def __init__(self, model: Any, names: list[str]) -> None:
+        self.model = model
+        self.names = names
+        self.masks: dict[str, Any] = {}
+        self.hooks: list[Any] = []
+        if names:
+            model.base_model.set_adapter(names) if len(names) > 1 else model.set_adapter(names[0])
+        for name in names:
+            found = [m for n, m in model.named_modules() if n.endswith(f"lora_B.{name}")]
+            if not found:
+                raise PoetError(f"the adapter {name} has no LoRA layers to compare against the base model")
+            for module in found:
+                self.hooks.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Any:
+        def apply(module: Any, args: Any, output: Any) -> Any:
+            mask = self.masks.get(name)
+            if mask is None:
+                return output
+            if isinstance(mask, float):
+                return output if mask else output * 0.0
+            return output * mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        return apply
+
+    def rows(self, layout: list[str | None]) -> None:
+        import torch
+
+        device = next(self.model.parameters()).device
+        self.masks = {n: torch.tensor([float(r == n) for r in layout], device=device) for n in self.names}
+
+    def whole(self, name: str | None) -> None:
+        self.masks = {n: float(n == name) for n in self.names}
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
+
+
+def adapter_names(loaded: Any) -> list[str]:
+    """The names of the LoRA adapters loaded on a model (empty for a plain model)."""
+    if getattr(loaded, "adapter", None) is None and not getattr(loaded, "adapters", None):
+        return []
+    return list(getattr(loaded.model, "peft_config", {}).keys())
+
+
+def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str | None], instruct: bool = False,
+            form: Any = None, candidates: int = 8, cancel: threading.Event | None = None,
+            stats: list[RowStats] | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (column, text chunk) for several columns of one prompt and seed, each column the base model (None)
+    or one loaded adapter (its name), on one copy of the base weights.
+
+    Free verse: every column is a row of one batched generate call. With a form: the columns write their poems
+    line by line in turn, each line's k candidates in one batched call with that column's adapter; a chunk is
+    then a whole line (with its newline, two at a stanza break). stats gets one RowStats per column.
+    """
+    from poetwb.core import forms
+
+    text = format_prompt(loaded.tokenizer, prompt, instruct)
+    unknown = [n for n in layout if n is not None and n not in adapter_names(loaded)]
+    if unknown:
+        raise PoetError(f"no adapter named {unknown[0]!r} is loaded")
+    mask = RowMask(loaded.model, adapter_names(loaded))
+    own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats
+    try:
+        if form is None:
+            mask.rows(layout)
+            yield from stream_rows(loaded.model, loaded.tokenizer, [text] * len(layout), sampling, cancel, own)
+            return
+        own[:] = [RowStats() for _ in layout]
+        form_stats = [forms.FormStats() for _ in layout]
+        prefilled = None if instruct else forms.prompt_lines(prompt)
+        writers = [forms.write(loaded.model, loaded.tokenizer, text, form, sampling, candidates=candidates,
+                               prefilled=prefilled, cancel=cancel, stats=form_stats[c]) for c in range(len(layout))]
+        live = list(range(len(layout)))
+        while live:
+            for c in list(live):
+                mask.whole(layout[c])
+                line = next(writers[c], None)
+                if line is None:
+                    live.remove(c)
+                    own[c].reason = "cancelled" if cancel is not None and cancel.is_set() else "form complete"
+                    continue
+                own[c].new_tokens, own[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
+                end = "\n\n" if line.spec.stanza_end else "\n"
+                # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
+                yield c, end if line.prefilled else line.text + end
+    finally:
+        mask.close()
 
 
 def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,
-                 cancel: threading.Event | None = None,
-                 token_counts: list[int] | None = None) -> Iterator[tuple[int, str]]:
-    """Base (row 0) and tuned (row 1) for the same prompt and seed in one batched generate call.
-
-    One copy of the base weights. The base row has the adapter switched off by a row mask on every LoRA
-    up-projection (its LoRA delta is multiplied by 0, so it is exactly the base model); the tuned row keeps it.
-    This is what peft's mixed-adapter batches compute, without their per-layer sub-batch indexing, which made
-    them 2x slower than two sequential calls on a 2-core CPU. Without an adapter both rows are the base model.
-    """
-    import torch
-
-    text = format_prompt(loaded.tokenizer, prompt, instruct)
-    hooks = []
-    if loaded.adapter is not None:
-        active = loaded.model.active_adapter
-        name = active if isinstance(active, str) else active[0]
-        mask = torch.tensor([0.0, 1.0], device=next(loaded.model.parameters()).device)
-
-        def keep_tuned_row(module: Any, args: Any, output: Any) -> Any:
-            return output * mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
-
-        for module_name, module in loaded.model.named_modules():
-            if module_name.endswith(f"lora_B.{name}"):
-                hooks.append(module.register_forward_hook(keep_tuned_row))
-        if not hooks:
-            raise PoetError(f"the adapter {loaded.adapter} has no LoRA layers to compare against the base model")
-    try:
-        yield from stream_rows(loaded.model, loaded.tokenizer, [text, text], sampling, cancel, token_counts)
-    finally:
-        for hook in hooks:
-            hook.remove()
+                 cancel: threading.Event | None = None, stats: list[RowStats] | None = None,
+                 form: Any = None, candidates: int = 8) -> Iterator[tuple[int, str]]:
+    """Base (row 0) and tuned (row 1) for the same prompt and seed: `columns` with the model's one adapter.
+    Without an adapter both rows are the base model."""
+    names = adapter_names(loaded)
+    layout = [None, names[-1] if names else None]
+    yield from columns(loaded, prompt, sampling, layout, instruct, form, candidates, cancel, stats)

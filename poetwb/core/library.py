@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS poems (
     model TEXT NOT NULL,
     adapter TEXT NOT NULL DEFAULT '',
     sampling TEXT NOT NULL DEFAULT '{}',
-    seed INTEGER NOT NULL DEFAULT 0
+    seed INTEGER NOT NULL DEFAULT 0,
+    form TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -40,6 +41,8 @@ class Poem:
     adapter: str = ""
     sampling: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    form: str = ""
+    """The form it was written in ("sonnet: 14 lines, ABAB CDCD EFEF GG, 10 syllables"); empty for free verse."""
     id: int | None = None
     created: str = ""
 
@@ -61,6 +64,9 @@ class Library:
             raise PoetError(f"cannot open the poem library at {self.path} ({exc}); check POETWB_HOME") from exc
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(poems)")}
+        if "form" not in columns:  # libraries written before poems had forms
+            self.db.execute("ALTER TABLE poems ADD COLUMN form TEXT NOT NULL DEFAULT ''")
         self.db.commit()
 
     def close(self) -> None:
@@ -72,24 +78,24 @@ class Library:
         created = dt.datetime.now().isoformat(timespec="seconds")
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO poems (created, text, prompt, mode, model, adapter, sampling, seed) "
-                "VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO poems (created, text, prompt, mode, model, adapter, sampling, seed, form) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (created, poem.text, poem.prompt, poem.mode, poem.model, poem.adapter,
-                 json.dumps(poem.sampling, sort_keys=True), poem.seed),
+                 json.dumps(poem.sampling, sort_keys=True), poem.seed, poem.form),
             )
         poem.id, poem.created = cur.lastrowid, created
         return poem
 
     def search(self, query: str = "") -> list[Poem]:
-        sql = "SELECT id, created, text, prompt, mode, model, adapter, sampling, seed FROM poems"
+        sql = "SELECT id, created, text, prompt, mode, model, adapter, sampling, seed, form FROM poems"
         args: tuple[Any, ...] = ()
         if query.strip():
-            sql += " WHERE text LIKE ? OR prompt LIKE ? OR model LIKE ? OR adapter LIKE ?"
+            sql += " WHERE text LIKE ? OR prompt LIKE ? OR model LIKE ? OR adapter LIKE ? OR form LIKE ?"
             like = f"%{query.strip()}%"
-            args = (like, like, like, like)
+            args = (like, like, like, like, like)
         rows = self.db.execute(sql + " ORDER BY id DESC", args).fetchall()
         return [Poem(id=r[0], created=r[1], text=r[2], prompt=r[3], mode=r[4], model=r[5], adapter=r[6],
-                     sampling=json.loads(r[7] or "{}"), seed=r[8]) for r in rows]
+                     sampling=json.loads(r[7] or "{}"), seed=r[8], form=r[9]) for r in rows]
 
     def get(self, ids: Iterable[int]) -> list[Poem]:
         wanted = set(ids)
@@ -126,7 +132,8 @@ def escape_verse(text: str) -> str:
 def to_markdown(poem: Poem) -> str:
     meta = {
         "title": poem.title, "created": poem.created, "prompt": poem.prompt, "mode": poem.mode,
-        "model": poem.model, "adapter": poem.adapter or "(base model)", "seed": poem.seed,
+        "model": poem.model, "adapter": poem.adapter or "(base model)", "form": poem.form or "free verse",
+        "seed": poem.seed,
         "sampling": ", ".join(f"{k}={v}" for k, v in sorted(poem.sampling.items())),
     }
     lines = ["---"] + [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in meta.items()] + ["---", ""]

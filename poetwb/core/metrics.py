@@ -115,3 +115,33 @@ def summarize(poems: list[str], corpus_vocab: set[str] | None = None,
         asked = [(t, w) for t, w in asked if t]
         row["topic_hit_rate"] = (sum(any(x in w for x in t) for t, w in asked) / len(asked)) if asked else None
     return row
+
+
+def form_report(poem: str, form: Any) -> dict[str, Any]:
+    """How well a poem keeps a form (a `forms.Form`), by this module's own checks — independent of the generator's
+    scorer (first CMU pronunciation only, the rhyming part compared as is), so a poem does not pass by
+    construction: lines, required rhyme pairs that rhyme, lines within one syllable of their range."""
+    lines = [line for s in stanzas(poem) for line in s]
+    ends = [words(line)[-1] for line in lines]
+    pairs = [(a, b) for a, b in form.rhyme_pairs() if b < len(lines)]
+    held = sum(rhymes(ends[a], ends[b]) for a, b in pairs)
+    counts = [sum(syllables(w) for w in words(line)) for line in lines]
+    within = 0
+    for count, spec in zip(counts, form.lines, strict=False):
+        lo, hi = spec.syllables
+        within += lo - 1 <= count <= hi + 1
+    return {"lines": len(lines), "lines_required": len(form.lines), "rhyme_pairs": len(form.rhyme_pairs()),
+            "rhymes_held": held, "syllables": counts, "within_one": within}
+
+
+def form_summary(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """Shares over a set of poems: exactly the form's line count, required rhyme pairs that rhyme, lines within
+    one syllable of their target."""
+    n = len(reports)
+    pairs = sum(r["rhyme_pairs"] for r in reports)
+    lines = sum(min(r["lines"], r["lines_required"]) for r in reports)
+    return {
+        "exact_lines": sum(r["lines"] == r["lines_required"] for r in reports) / n if n else 0.0,
+        "rhyme_pairs_held": sum(r["rhymes_held"] for r in reports) / pairs if pairs else 0.0,
+        "syllables_within_one": sum(r["within_one"] for r in reports) / lines if lines else 0.0,
+    }

@@ -73,6 +73,8 @@ class LoadedModel:
     model_id: str
     path: Path
     adapter: Path | None = None
+    adapters: list[Path] = field(default_factory=list)
+    """Every attached adapter in order (named a1, a2, … on the model when there are several)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -320,12 +322,15 @@ def load(
     spec: str | None = None,
     adapter: str | Path | None = None,
     *,
+    adapters: list[str | Path] | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     device: str | None = None,
     dtype: str = "auto",
 ) -> LoadedModel:
-    """Load a base model (and optionally a LoRA adapter) for generation.
+    """Load a base model (and optionally a LoRA adapter, or several for an N-way comparison) for generation.
+
+    Several `adapters` are attached to one copy of the base weights, named a1, a2, … in order.
 
     dtype "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32.
     """
@@ -358,14 +363,17 @@ def load(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    adapter_path = None
-    if adapter is not None:
-        adapter_path = resolve_adapter(adapter)
-        model = attach_adapter(model, adapter_path, model_id)
+    specs = list(adapters or []) or ([adapter] if adapter is not None else [])
+    if adapter is not None and adapters:
+        raise PoetError("give one adapter or a list of adapters, not both")
+    paths_ = [resolve_adapter(a) for a in specs]  # all checked before any is read
+    for i, path in enumerate(paths_):
+        model = attach_adapter(model, path, model_id, name=f"a{i + 1}" if adapters else "default",
+                               first=i == 0)
     model.eval()
     device = device or pick_device()
     model.to(device=device, dtype=torch_dtype(dtype, device))
-    return LoadedModel(model, tokenizer, model_id, folder, adapter_path)
+    return LoadedModel(model, tokenizer, model_id, folder, paths_[0] if paths_ else None, paths_)
 
 
 def native_bf16(device: str = "cpu") -> bool:
@@ -416,7 +424,8 @@ def resolve_adapter(adapter: str | Path) -> Path:
     return path.resolve()
 
 
-def attach_adapter(model: Any, adapter_path: Path, model_id: str) -> Any:
+def attach_adapter(model: Any, adapter_path: Path, model_id: str, name: str = "default", first: bool = True) -> Any:
+    """Attach a LoRA adapter to a base model (first) or to a PeftModel that already has others."""
     from peft import PeftModel
 
     try:
@@ -425,7 +434,10 @@ def attach_adapter(model: Any, adapter_path: Path, model_id: str) -> Any:
         raise PoetError(f"{adapter_path}/adapter_config.json is not valid JSON; the adapter is damaged") from exc
     made_for = meta.get("base_model_name_or_path") or "another model"
     try:
-        return PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+        if first:
+            return PeftModel.from_pretrained(model, adapter_path, adapter_name=name, is_trainable=False)
+        model.load_adapter(adapter_path, adapter_name=name, is_trainable=False)
+        return model
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise PoetError(

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS votes (
     text_b TEXT NOT NULL,
     tuned_side TEXT NOT NULL CHECK (tuned_side IN ('A', 'B')),
     choice TEXT NOT NULL CHECK (choice IN ('A', 'B', 'tie')),
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    seed INTEGER
 );
 """
 
@@ -69,6 +70,9 @@ class Votes:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.executescript(SCHEMA)
+            if "seed" not in {row[1] for row in self.db.execute("PRAGMA table_info(votes)")}:
+                self.db.execute("ALTER TABLE votes ADD COLUMN seed INTEGER")  # stores from before seeds were kept
+                self.db.commit()
         except (OSError, sqlite3.Error) as exc:
             raise PoetError(f"cannot open the vote store at {self.path} ({exc}); check POETWB_HOME") from exc
 
@@ -76,15 +80,15 @@ class Votes:
         self.db.close()
 
     def add(self, run: str, prompt: str, text_a: str, text_b: str, tuned_side: str, choice: str,
-            settings: dict[str, Any] | None = None) -> None:
+            settings: dict[str, Any] | None = None, seed: int | None = None) -> None:
         if choice not in {"A", "B", "tie"} or tuned_side not in {"A", "B"}:
             raise PoetError(f"a vote is A, B or tie (got {choice!r})")
         with self.db:
             self.db.execute(
-                "INSERT INTO votes (created, run, prompt, text_a, text_b, tuned_side, choice, settings) "
-                "VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO votes (created, run, prompt, text_a, text_b, tuned_side, choice, settings, seed) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (dt.datetime.now().isoformat(timespec="seconds"), run, prompt, text_a, text_b, tuned_side, choice,
-                 json.dumps(settings or {}, sort_keys=True)),
+                 json.dumps(settings or {}, sort_keys=True), seed),
             )
 
     def tallies(self) -> list[Tally]:

@@ -38,7 +38,7 @@ class PoetApp(App[None]):
         self.corpus: dict[str, Any] = {}
         self.instructions: dict[str, Any] = {}
         self._library: Library | None = None
-        self._models: dict[tuple[str, str | None], Any] = {}
+        self._models: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._models_lock = threading.Lock()
 
     @property
@@ -96,15 +96,16 @@ class PoetApp(App[None]):
     def data_chosen(self, event: DataChosen) -> None:
         self.corpus, self.instructions = event.corpus, event.instructions
 
-    def load_model(self, model: str, adapter: str | None) -> Any:
-        """Load (once) and cache a model with its adapter; called from worker threads."""
+    def load_model(self, model: str, adapters: tuple[str, ...] = ()) -> Any:
+        """Load (once) and cache a model with its adapters (one copy of the base weights for all of them);
+        called from worker threads."""
         from poetwb.core import models
 
-        key = (model, adapter)
+        key = (model, adapters)
         with self._models_lock:
             if key not in self._models:
                 self._models.clear()  # keep one model in memory at a time
-                self._models[key] = models.load(model, adapter)
+                self._models[key] = models.load(model, adapters=list(adapters))
             return self._models[key]
 
     def on_unmount(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Label, Select, Static
+from textual.widgets import DataTable, Input, Label, Select
 
 from poetwb.core import runs
 from poetwb.core.config import TrainConfig
@@ -173,55 +173,6 @@ def finished_run(tiny_train_config):
     return folder
 
 
-async def test_compare_fills_both_columns_and_saves_a_poem_that_survives_a_restart(
-        tiny_models, finished_run, settle, tmp_path):
-    app = PoetApp(base_model=str(tiny_models["gpt2"]))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f4")
-        await pilot.pause()
-        assert str(app.query_one("#adapter-select", Select).value).endswith("done/adapters/stage2")
-        app.query_one("#compare-prompt", Input).value = "The sea is blue, the sky is red"
-        await pilot.click("#generate")
-        await settle(pilot)
-        pane = app.query_one("#compare-pane")
-        assert pane.texts["base"] and pane.texts["tuned"]
-        assert str(app.query_one("#tuned-text", Static).render()).strip()
-        app.query_one("#compare-prompt").focus()
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert any("saved the tuned poem" in m for m in notes(app))
-    lib = Library()
-    (saved,) = lib.search()
-    assert saved.text.startswith("The sea is blue, the sky is red") and saved.adapter.endswith("stage2")
-    lib.close()
-    again = PoetApp()
-    async with again.run_test(size=SIZE) as pilot:
-        await pilot.press("f5")
-        await pilot.pause()
-        assert again.query_one("#poems-table", DataTable).row_count == 1
-        again.query_one("#export-dir", Input).value = str(tmp_path / "export")
-        await pilot.click("#export")
-        await pilot.pause()
-    md = (tmp_path / "export" / "poems.md").read_text()
-    assert "The sea is blue, the sky is red" in md and "adapter:" in md
-
-
-async def test_compare_without_a_fine_tuned_run_says_so(tiny_models, settle):
-    app = PoetApp(base_model=str(tiny_models["gpt2"]))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f4")
-        await pilot.pause()
-        app.query_one("#compare-prompt", Input).value = "The sea"
-        await pilot.click("#generate")
-        await settle(pilot)
-        assert any("no fine-tuned run yet" in m for m in notes(app))
-        assert app.query_one("#compare-pane").texts["base"]
-        app.query_one("#compare-prompt", Input).value = "   "
-        await pilot.click("#generate")
-        await pilot.pause()
-        assert any("prompt is empty" in m for m in notes(app))
-
-
 async def test_poems_pane_search_delete_and_unwritable_export(tmp_path):
     lib = Library()
     lib.add(Poem(text="Salt and stone", prompt="p", model="m"))
@@ -249,29 +200,6 @@ async def test_poems_pane_search_delete_and_unwritable_export(tmp_path):
         assert table.row_count == 1
     assert [p.text for p in Library().search()] == ["Salt and stone"]
     assert Path(blocker).read_text() == "x"
-
-
-async def test_blind_ab_votes_accumulate_into_a_win_rate(tiny_models, finished_run, settle):
-    from textual.widgets import Switch
-
-    from poetwb.core.votes import Votes
-
-    app = PoetApp(base_model=str(tiny_models["gpt2"]))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f4")
-        await pilot.pause()
-        app.query_one("#blind", Switch).value = True
-        app.query_one("#compare-prompt", Input).value = "The sea"
-        for key in ("f6", "f7", "f8"):
-            await pilot.click("#generate")
-            await settle(pilot)
-            assert str(app.query_one("#base-title", Label).render()) == "A"
-            app.query_one("#compare-prompt").focus()
-            await pilot.press(key)
-            await pilot.pause()
-        assert "win rate" in str(app.query_one("#vote-tally", Label).render())
-    tally = Votes().tally("done")
-    assert tally.votes == 3 and tally.ties == 1 and tally.tuned + tally.base == 2
 
 
 async def test_train_pane_evaluates_a_run(finished_run, settle):

@@ -1,18 +1,28 @@
-"""Compare pane: one prompt, base vs fine-tuned side by side with the same seed and sampling, streaming into both
-columns from one batched generate call; sliders for the sampling settings; save a poem to the library."""
+"""Compare pane: one prompt, the base model and up to four fine-tuned runs side by side with the same seed,
+sampling and form, on one copy of the base weights; blind A/B votes for any pair; save any column's poem.
+
+The worker only calls core (`generate.columns`) and posts messages tagged with a generation id; the handlers on
+the UI thread own every widget and drop chunks of a generation that a newer one replaced."""
 
 from __future__ import annotations
 
+import random
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Input, Label, Select, Static, Switch
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Select, SelectionList, Switch
 
+from poetwb.tui.widgets.poem_column import PoemColumn
 from poetwb.tui.widgets.slider import Slider
+
+MAX_RUNS = 4
+SEED_MAX = 2**63 - 1
 
 
 def load_prompt_set() -> list[dict[str, str]]:
@@ -23,11 +33,69 @@ def load_prompt_set() -> list[dict[str, str]]:
     return tomllib.loads((assets_dir() / "prompts.toml").read_text(encoding="utf-8"))["prompts"]
 
 
+@dataclass
+class ColumnChunk(Message):
+    """Text for one model column of generation `gen`."""
+
+    gen: int
+    column: int
+    text: str
+
+
+@dataclass
+class GenerationEnded(Message):
+    """Generation `gen` finished, was cancelled, or failed (`error` says why)."""
+
+    gen: int
+    stats: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ModelColumn:
+    """One model column of the current comparison."""
+
+    adapter: str | None
+    """The adapter folder, or None for the base model."""
+    label: str
+    text: str = ""
+    stats: Any = None
+
+
+def parse_seed(raw: str) -> int | None:
+    """The seed box: empty means a fresh random seed per generation; else a whole number torch accepts."""
+    from poetwb.core.errors import PoetError
+
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        seed = int(raw)
+    except ValueError as exc:
+        raise PoetError(f"seed must be a whole number (or empty for a random one), got {raw!r}") from exc
+    if not 0 <= seed <= SEED_MAX:
+        raise PoetError(f"seed must be in 0..{SEED_MAX} (or empty for a random one), got {raw}")
+    return seed
+
+
+def footer(stats: Any, form: bool) -> str:
+    """How a column's generation ended, in words, with its speed."""
+    if stats is None:
+        return ""
+    speed = f"{stats.new_tokens} tokens in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
+    if stats.reason == "max tokens":
+        return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}"
+    if form and stats.reason == "form complete":
+        return f"form complete · {speed} (all candidate lines)"
+    return f"{stats.reason} · {speed}"
+
+
 class ComparePane(Vertical):
     BINDINGS = [
         Binding("ctrl+s", "save('tuned')", "Save tuned poem"),
         Binding("ctrl+b", "save('base')", "Save base poem"),
         Binding("ctrl+g", "generate", "Generate"),
+        Binding("escape", "stop", "Stop", show=False),
         Binding("f6", "vote('A')", "Vote A"),
         Binding("f7", "vote('B')", "Vote B"),
         Binding("f8", "vote('tie')", "Tie"),
@@ -36,27 +104,43 @@ class ComparePane(Vertical):
     def __init__(self) -> None:
         super().__init__(id="compare-pane")
         self.prompts = load_prompt_set()
-        self.texts = {"base": "", "tuned": ""}
+        self.cols: list[ModelColumn] = []
+        self.order: list[int] = []
+        """Display order of the model columns (a random permutation in blind mode)."""
+        self.hidden = False
+        """True while a blind pair's labels are hidden (until the vote)."""
         self.last: dict[str, Any] = {}
+        self.gen = 0
+        self.streaming = False
         self.stop = threading.Event()
-        self.blind_sides: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
+        from poetwb.core import forms
         from poetwb.core.config import SamplingConfig
 
         d = SamplingConfig()
         with Horizontal(classes="row"):
-            yield Select([(f"{p['mode']}: {p['text']}", i) for i, p in enumerate(self.prompts)], prompt="prompt set",
-                         id="prompt-set")
-            yield Select([], prompt="fine-tuned run", id="adapter-select")
-        with Horizontal(classes="row"):
-            yield Input(placeholder="The sea is blue, the sky is red", id="compare-prompt")
+            with Vertical(id="prompt-box"):
+                yield Select([(f"{p['mode']}: {p['text']}", i) for i, p in enumerate(self.prompts)],
+                             prompt="prompt set", id="prompt-set")
+                yield Input(placeholder="type a first line (raw) or a request (instruction), or pick from the set",
+                            id="compare-prompt")
+            yield SelectionList[str](id="run-list")
+        with Horizontal(classes="row", id="compare-switches"):
             yield Label("instruction", classes="switch-label")
             yield Switch(id="instruct")
-            yield Input(str(d.seed), type="integer", id="seed")
+            yield Label("seed", classes="switch-label")
+            yield Input(placeholder="random", type="integer", id="seed", tooltip="empty: a fresh seed each time")
+            yield Label("base column", classes="switch-label")
+            yield Switch(True, id="with-base")
             yield Label("blind A/B", classes="switch-label")
             yield Switch(id="blind")
             yield Button("Generate", id="generate", variant="primary")
+        with Horizontal(classes="row", id="form-row"):
+            yield Select([(name, name) for name in forms.FORM_NAMES], value="free", allow_blank=False, id="form")
+            yield Input(placeholder="scheme, e.g. ABAB CDCD", id="scheme", disabled=True)
+            yield Input(placeholder="syllables: 10, 8-9 or 8,8,5,5,8", id="syllables", disabled=True)
+            yield Slider("candidates per line", 1, 16, 1, forms.DEFAULT_CANDIDATES, integer=True, id="candidates")
         with Horizontal(id="sliders"):
             with Vertical():
                 yield Slider("temperature", 0.0, 2.0, 0.05, d.temperature, id="temperature")
@@ -66,34 +150,42 @@ class ComparePane(Vertical):
                 yield Slider("repetition penalty", 1.0, 2.0, 0.05, d.repetition_penalty, id="repetition_penalty")
                 yield Slider("max new tokens", 16, 512, 16, d.max_new_tokens, integer=True, id="max_new_tokens")
         yield Label("", id="vote-tally")
-        with Horizontal(id="columns"):
-            with VerticalScroll(classes="column"):
-                yield Label("base model", classes="column-title", id="base-title")
-                yield Static("", id="base-text")
-            with VerticalScroll(classes="column"):
-                yield Label("fine-tuned", classes="column-title", id="tuned-title")
-                yield Static("", id="tuned-text")
+        yield Horizontal(id="columns")
 
     def on_mount(self) -> None:
         self.refresh_adapters()
+        self.show_columns([ModelColumn(None, "base model"), ModelColumn("", "fine-tuned")])
 
     def on_show(self) -> None:
         self.refresh_adapters()
 
+    # --- choices ----------------------------------------------------------------------------------------------
+
     def refresh_adapters(self) -> None:
+        """The runs list: each finished stage of each run; keeps the user's picks, else picks the newest."""
         from poetwb.core import runs
 
         options = []
         for r in runs.list_runs():
             folder = runs.paths.run_dir(r.run_id)
+            poets = ""
+            try:
+                cfg = runs.read_config(folder)
+                poets = ", ".join(cfg.corpus.poets) if cfg.corpus.kind == "bundled" else cfg.corpus.kind
+            except Exception:  # a damaged config still lists the run
+                poets = "?"
             for stage in (2, 1):
                 if runs.has_adapter(folder, stage):
-                    options.append((f"{r.run_id} · stage {stage}", str(runs.adapter_dir(folder, stage))))
-        select = self.query_one("#adapter-select", Select)
-        current = select.value
-        select.set_options(options)
-        if options:
-            select.value = current if any(v == current for _, v in options) else options[0][1]
+                    options.append((f"{r.run_id} · stage {stage} · {poets}", str(runs.adapter_dir(folder, stage))))
+        lst = self.query_one("#run-list", SelectionList)
+        picked = [v for v in lst.selected if any(v == o for _, o in options)]
+        if [o for _, o in options] == [lst.get_option_at_index(i).value for i in range(lst.option_count)]:
+            return
+        lst.clear_options()
+        if options and not picked:
+            picked = [options[0][1]]
+        lst.add_options([(label, value, value in picked) for label, value in options])
+        lst.border_title = "fine-tuned runs (space picks, up to 4)" if options else "no fine-tuned runs yet (F3)"
 
     @on(Select.Changed, "#prompt-set")
     def use_prompt(self, event: Select.Changed) -> None:
@@ -103,133 +195,249 @@ class ComparePane(Vertical):
         self.query_one("#compare-prompt", Input).value = p["text"]
         self.query_one("#instruct", Switch).value = p["mode"] == "instruct"
 
+    @on(Select.Changed, "#form")
+    def form_changed(self, event: Select.Changed) -> None:
+        self.query_one("#scheme", Input).disabled = event.value != "custom"
+        self.query_one("#syllables", Input).disabled = event.value == "free"
+
     def sampling(self) -> Any:
         from poetwb.core.config import SamplingConfig
-        from poetwb.core.errors import PoetError
 
         values = {s.id: s.value for s in self.query(Slider)}
-        seed_raw = self.query_one("#seed", Input).value.strip() or "0"
-        try:
-            seed = int(seed_raw)
-        except ValueError as exc:
-            raise PoetError(f"seed must be a whole number, got {seed_raw!r}") from exc
+        seed = parse_seed(self.query_one("#seed", Input).value)
+        if seed is None:
+            seed = random.randrange(2**31)
         return SamplingConfig(temperature=values["temperature"], top_p=values["top_p"], top_k=int(values["top_k"]),
                               repetition_penalty=values["repetition_penalty"],
                               max_new_tokens=int(values["max_new_tokens"]), seed=seed)
 
+    def form(self) -> Any:
+        from poetwb.core import forms
+
+        name = str(self.query_one("#form", Select).value)
+        scheme = self.query_one("#scheme", Input).value.strip() if name == "custom" else None
+        syllables = self.query_one("#syllables", Input).value.strip() or None
+        return forms.make_form(name, scheme, syllables if name != "free" else None)
+
+    # --- generating -------------------------------------------------------------------------------------------
+
     @on(Button.Pressed, "#generate")
     @on(Input.Submitted, "#compare-prompt")
     def action_generate(self) -> None:
+        from poetwb.core import runs
         from poetwb.core.errors import PoetError
 
         prompt = self.query_one("#compare-prompt", Input).value
-        adapter = self.query_one("#adapter-select", Select).value
+        adapters = list(self.query_one("#run-list", SelectionList).selected)
+        with_base = self.query_one("#with-base", Switch).value
+        blind = self.query_one("#blind", Switch).value
         try:
-            sampling = self.sampling()
             if not prompt.strip():
                 raise PoetError("the prompt is empty: type a first line, or pick one from the prompt set")
+            sampling = self.sampling()
+            form = self.form()
+            if len(adapters) > MAX_RUNS:
+                raise PoetError(f"pick at most {MAX_RUNS} runs to compare (now {len(adapters)})")
+            bases = {runs.read_config(f).model for a in adapters if (f := runs.run_of_adapter(a)) is not None}
+            if len(bases) > 1:
+                raise PoetError("the picked runs were trained on different base models; pick runs of one model")
+            if not with_base and not adapters:
+                raise PoetError("nothing to compare: turn on the base column or pick a run")
+            if blind and len(adapters) + with_base != 2:
+                raise PoetError("blind A/B needs exactly two columns: the base and one run, or two runs "
+                                "with the base column off")
         except PoetError as exc:
             self.app.notify(str(exc), severity="error")
             return
-        if not isinstance(adapter, str):  # nothing to pick: no run with an adapter yet
-            self.app.notify("no fine-tuned run yet: train one in the Train pane (F3); showing the base model only",
+        if not adapters:
+            self.app.notify("no fine-tuned run picked: showing the base model only (train one with F3)",
                             severity="warning")
-            adapter = None
-        for key in ("base", "tuned"):
-            self.texts[key] = ""
-            self.query_one(f"#{key}-text", Static).update("…")
+        model = bases.pop() if bases else self.app.base_model
+        instruct = self.query_one("#instruct", Switch).value
+        cols = ([ModelColumn(None, "base model")] if with_base else []) + [
+            ModelColumn(a, self._label(a)) for a in adapters]
         self.stop.set()
         self.stop = threading.Event()
-        instruct = self.query_one("#instruct", Switch).value
-        model = self.app.base_model
-        if adapter:  # a run's adapter goes with the base model that run trained
-            from poetwb.core import runs
+        self.gen += 1
+        self.last = {"prompt": prompt, "mode": "instruct" if instruct else "raw", "sampling": sampling.to_dict(),
+                     "seed": sampling.seed, "model": model, "form": form.describe() if form else "",
+                     "gen": self.gen}
+        self.hidden = blind
+        self.show_columns(cols, shuffle=blind)
+        from poetwb.core import bundled
 
-            if (folder := runs.run_of_adapter(adapter)) is not None:
-                model = runs.read_config(folder).model
-        self.last = {"prompt": prompt, "mode": "instruct" if instruct else "raw", "adapter": adapter or "",
-                     "sampling": sampling.to_dict(), "seed": sampling.seed, "model": model}
-        self.blind_sides = None
-        if self.query_one("#blind", Switch).value and adapter:
-            import random
-
-            self.blind_sides = random.choice([("base", "tuned"), ("tuned", "base")])  # which model is A, B
-        self._titles()
-        self.run_generation(prompt, instruct, sampling, adapter, self.stop)
-
-    def _titles(self) -> None:
-        """Column titles: the models' names, or A / B in blind mode (the columns' order is then random)."""
-        blind = self.blind_sides is not None
-        self.query_one("#base-title", Label).update("A" if blind else "base model")
-        self.query_one("#tuned-title", Label).update("B" if blind else "fine-tuned")
-
-    def _column(self, key: str) -> str:
-        """The widget column a model streams into: base left and tuned right, unless blind mode swapped them."""
-        if self.blind_sides is None:
-            return key
-        return ("base", "tuned")[self.blind_sides.index(key)]
-
-    def action_vote(self, choice: str) -> None:
-        from poetwb.core.votes import Votes
-
-        if self.blind_sides is None or not all(self.texts.values()):
-            self.app.notify("turn on blind A/B and generate a pair first", severity="warning")
-            return
-        from poetwb.core.runs import run_of_adapter
-
-        folder = run_of_adapter(self.last["adapter"])
-        run_id = folder.name if folder is not None else self.last["adapter"]
-        tuned_side = "A" if self.blind_sides[0] == "tuned" else "B"
-        votes = Votes()
-        texts = {side: self.texts[model] for side, model in zip("AB", self.blind_sides, strict=True)}
-        votes.add(run_id, self.last["prompt"], texts["A"], texts["B"], tuned_side, choice, self.last["sampling"])
-        tally = votes.tally(run_id)
-        votes.close()
-        lo, hi = tally.interval
-        verdict = {"tie": "a tie"}.get(choice, "the fine-tuned poem" if choice == tuned_side else "the base poem")
+        first = model in bundled.BUNDLED_ALIASES and not bundled.is_converted()
+        note = "converting the bundled model once (about 40 s), then generating…" if first else "loading the model…"
+        for i in range(len(cols)):
+            if (widget := self._widget(i)) is not None:
+                widget.set_text(note)
         self.query_one("#vote-tally", Label).update(
-            f"You chose {verdict}. Run {run_id}: tuned wins {tally.tuned}, base wins {tally.base}, ties {tally.ties}"
-            f" — win rate {tally.win_rate:.0%} (95 % CI {lo:.0%}–{hi:.0%})")
-        self.blind_sides = None
-        self._titles()
+            f"seed {sampling.seed}" + (f" · {form.describe()}" if form else "")
+            + (" · blind: vote with F6 (A), F7 (B) or F8 (tie) when both poems are done" if blind else ""))
+        self.streaming = True
+        candidates = int(self.query_one("#candidates", Slider).value)
+        self.run_generation(self.gen, model, adapters, with_base, prompt, instruct, sampling, form, candidates,
+                            self.stop)
+
+    def _label(self, adapter: str) -> str:
+        from poetwb.core import runs
+
+        folder = runs.run_of_adapter(adapter)
+        if folder is None:
+            return adapter
+        stage = "stage 2" if adapter.rstrip("/").endswith("stage2") else "stage 1"
+        try:
+            cfg = runs.read_config(folder)
+            poets = ", ".join(cfg.corpus.poets) if cfg.corpus.kind == "bundled" else cfg.corpus.kind
+        except Exception:
+            poets = "?"
+        return f"{folder.name} · {stage} · {poets}"
+
+    def show_columns(self, cols: list[ModelColumn], shuffle: bool = False) -> None:
+        """Replace the columns: one per model, in display order (random while a blind pair hides its labels)."""
+        self.cols = cols
+        self.order = list(range(len(cols)))
+        if shuffle:
+            random.shuffle(self.order)
+        box = self.query_one("#columns", Horizontal)
+        box.remove_children()
+        box.mount_all([PoemColumn(i, self._title(i), self.gen) for i in self.order])
+
+    def _title(self, model_index: int) -> str:
+        side = "AB"[self.order.index(model_index)] if len(self.order) == 2 else ""
+        if self.hidden:
+            return side
+        label = self.cols[model_index].label
+        return f"{side} · {label}" if side and self.last.get("voted") else label
+
+    def _widget(self, model_index: int) -> PoemColumn | None:
+        found = self.query(f"#column-{self.gen}-{model_index}")
+        return found.first(PoemColumn) if found else None
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def run_generation(self, prompt: str, instruct: bool, sampling: Any, adapter: str | None,
-                       stop: threading.Event) -> None:
+    def run_generation(self, gen: int, model: str, adapters: list[str], with_base: bool, prompt: str,
+                       instruct: bool, sampling: Any, form: Any, candidates: int, stop: threading.Event) -> None:
         from poetwb.core import generate
-        from poetwb.core.errors import PoetError
 
+        stats: list[Any] = []
         try:
-            loaded = self.app.load_model(self.last["model"], adapter)
-            keys = ("base", "tuned") if adapter else ("base",)
+            loaded = self.app.load_model(model, tuple(adapters))
+            names = generate.adapter_names(loaded)
+            layout = ([None] if with_base else []) + names
+            for col, chunk in generate.columns(loaded, prompt, sampling, layout, instruct, form, candidates,
+                                               cancel=stop, stats=stats):
+                self.post_message(ColumnChunk(gen, col, chunk))
+            self.post_message(GenerationEnded(gen, stats))
+        except Exception as exc:  # every failure reaches the user, whatever its type
+            from poetwb.core.errors import first_line
+
+            self.post_message(GenerationEnded(gen, stats, first_line(exc)))
+
+    def shown(self, index: int) -> str:
+        """A model column's whole poem as shown: in raw mode the prompt is its first line."""
+        text = self.cols[index].text
+        return self.last["prompt"] + text if self.last.get("mode") == "raw" else text.strip("\n")
+
+    @on(ColumnChunk)
+    def add_chunk(self, event: ColumnChunk) -> None:
+        if event.gen != self.gen or event.column >= len(self.cols):
+            return  # a replaced generation's late text
+        self.cols[event.column].text += event.text
+        if (widget := self._widget(event.column)) is not None:
+            widget.set_text(self.shown(event.column))
+
+    @on(GenerationEnded)
+    def generation_ended(self, event: GenerationEnded) -> None:
+        if event.gen != self.gen:
+            return
+        self.streaming = False
+        if event.error:
+            self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
+        for i, col in enumerate(self.cols):
+            col.stats = event.stats[i] if i < len(event.stats) else None
+            widget = self._widget(i)
+            if widget is None:
+                continue
+            if event.error and not col.text:
+                widget.set_text(f"(no poem: {event.error})")
+            widget.set_footer(footer(col.stats, bool(self.last.get("form"))))
+
+    def action_stop(self) -> None:
+        if self.streaming:
+            self.stop.set()
+            self.app.notify("stopping the generation")
+
+    # --- judging and keeping ----------------------------------------------------------------------------------
+
+    def action_vote(self, choice: str) -> None:
+        from poetwb.core.runs import run_of_adapter
+        from poetwb.core.votes import Votes
+
+        if not self.hidden:
+            self.app.notify("turn on blind A/B and generate a pair first", severity="warning")
+            return
+        if self.streaming:
+            self.app.notify("wait until both poems are finished before voting", severity="warning")
+            return
+        a, b = self.order  # model columns shown as A and B
+        challenger = 1  # the second model column is the tuned run (or the second run)
+
+        def run_name(i: int) -> str:
+            adapter = self.cols[i].adapter
             if adapter is None:
-                self.app.call_from_thread(self.query_one("#tuned-text", Static).update, "(no fine-tuned run)")
-                stream = ((0, c) for c in generate.stream(loaded, prompt, sampling, instruct, cancel=stop))
-            else:
-                stream = generate.side_by_side(loaded, prompt, sampling, instruct, cancel=stop)
-            for row, chunk in stream:
-                key = keys[row]
-                self.texts[key] += chunk
-                column = self._column(key)
-                self.app.call_from_thread(self.query_one(f"#{column}-text", Static).update, self.texts[key])
-        except PoetError as exc:
-            self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=8)
+                return "base"
+            folder = run_of_adapter(adapter)
+            return folder.name if folder is not None else adapter
+
+        run_id = run_name(1) if self.cols[0].adapter is None else f"{run_name(1)} vs {run_name(0)}"
+        tuned_side = "A" if a == challenger else "B"
+        votes = Votes()
+        try:
+            votes.add(run_id, self.last["prompt"], self.shown(a), self.shown(b), tuned_side, choice,
+                      self.last["sampling"], seed=self.last["seed"])
+            tally = votes.tally(run_id)
+        finally:
+            votes.close()
+        lo, hi = tally.interval
+        chosen = {"tie": "a tie"}.get(choice, self.cols[a if choice == "A" else b].label)
+        other = "base" if self.cols[0].adapter is None else run_name(0)
+        self.query_one("#vote-tally", Label).update(
+            f"You chose {chosen}. {run_id}: wins {tally.tuned}, {other} wins {tally.base}, ties {tally.ties}"
+            f" — win rate {tally.win_rate:.0%} (95 % CI {lo:.0%}–{hi:.0%})")
+        self.hidden = False
+        self.last["voted"] = True
+        for widget in self.query(PoemColumn):  # re-title in place: the texts stay where they are
+            widget.set_title(self._title(widget.model_index))
 
     def action_save(self, which: str) -> None:
+        index = next((i for i, c in enumerate(self.cols) if (c.adapter is None) == (which == "base")), None)
+        if index is None:
+            self.app.notify(f"there is no {which} column in this comparison", severity="warning")
+            return
+        self.save_column(index)
+
+    @on(Button.Pressed, ".save-column")
+    def save_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.save_column(int(str(event.button.id).rsplit("-", 1)[1]))
+
+    def save_column(self, index: int) -> None:
         from poetwb.core.errors import PoetError
         from poetwb.core.library import Poem
 
-        text = self.texts.get(which, "")
-        if not text.strip() or not self.last:
+        col = self.cols[index]
+        if not col.text.strip() or not self.last:
             self.app.notify("nothing to save yet: generate first", severity="warning")
             return
-        full = (self.last["prompt"] + text) if self.last["mode"] == "raw" else text.strip()
-        poem = Poem(text=full, prompt=self.last["prompt"], model=self.last["model"], mode=self.last["mode"],
-                    adapter=self.last["adapter"] if which == "tuned" else "", sampling=self.last["sampling"],
-                    seed=self.last["seed"])
+        if self.hidden:
+            self.app.notify("vote first (F6/F7/F8): saving now would tell which poem is which", severity="warning")
+            return
+        poem = Poem(text=self.shown(index).rstrip(), prompt=self.last["prompt"], model=self.last["model"],
+                    mode=self.last["mode"], adapter=col.adapter or "", sampling=self.last["sampling"],
+                    seed=self.last["seed"], form=self.last["form"])
         try:
             self.app.library.add(poem)
         except PoetError as exc:
             self.app.notify(str(exc), severity="error")
             return
-        self.app.notify(f"saved the {which} poem to the library")
+        self.app.notify(f"saved the poem of {col.label} to the library")

@@ -1,0 +1,185 @@
+"""The Compare pane with tiny models, driven by Pilot: columns, forms, N runs, blind votes, seeds, saving."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input, Label, Select, SelectionList, Switch
+
+from poetwb.core import runs
+from poetwb.core.config import TrainConfig
+from poetwb.core.library import Library
+from poetwb.core.train_job import run_job
+from poetwb.tui.app import PoetApp
+from poetwb.tui.widgets.poem_column import PoemColumn
+
+SIZE = (160, 48)
+
+
+def notes(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def columns(app) -> list[PoemColumn]:
+    """The visible columns, left to right."""
+    return list(app.query(PoemColumn))
+
+
+@pytest.fixture
+def finished_run(tiny_train_config):
+    folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "done")
+    assert run_job(folder) == "finished"
+    return folder
+
+
+async def open_compare(app, pilot, prompt: str = "The sea is blue, the sky is red") -> None:
+    await pilot.press("f4")
+    await pilot.pause()
+    app.query_one("#compare-prompt", Input).value = prompt
+
+
+async def test_base_and_tuned_stream_whole_poems_with_an_ending_and_a_save(tiny_models, finished_run, settle):
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot)
+        assert [str(v) for v in app.query_one("#run-list", SelectionList).selected] == [
+            str(runs.adapter_dir(finished_run, 2))]
+        app.query_one("#seed", Input).value = "5"
+        await pilot.click("#generate")
+        await settle(pilot)
+        pane = app.query_one("#compare-pane")
+        base, tuned = columns(app)
+        assert base.title_text == "base model" and tuned.title_text.startswith("done · stage 2")
+        for col in (base, tuned):  # raw mode: the prompt is the poem's first line
+            assert col.text.startswith("The sea is blue, the sky is red") and len(col.text) > 31
+            foot = str(col.query_one(".column-foot", Label).render())
+            assert "tok/s" in foot and ("end of text" in foot or "max tokens" in foot)
+        assert pane.cols[0].text != pane.cols[1].text
+        app.query_one("#compare-prompt").focus()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert any("saved the poem of done" in m for m in notes(app))
+    (saved,) = Library().search()
+    assert saved.text.startswith("The sea is blue, the sky is red") and saved.adapter.endswith("stage2")
+    assert saved.seed == 5 and saved.form == ""
+
+
+async def test_a_form_writes_every_line_and_is_saved_with_the_poem(tiny_models, finished_run, settle):
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "Write a poem about the sea")
+        app.query_one("#instruct", Switch).value = True
+        form = app.query_one("#form", Select)
+        form.focus()
+        await pilot.press("enter")  # open the list, pick "limerick" by keyboard
+        await pilot.pause()
+        for _ in range(4):
+            await pilot.press("down")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert form.value == "limerick"
+        assert app.query_one("#scheme", Input).disabled and not app.query_one("#syllables", Input).disabled
+        await pilot.click("#generate")
+        await settle(pilot)
+        for col in columns(app):
+            assert len([line for line in col.text.splitlines() if line.strip()]) == 5
+            assert "form complete" in str(col.query_one(".column-foot", Label).render())
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        form.value = "custom"
+        await pilot.pause()
+        app.query_one("#scheme", Input).value = "AB1"
+        await pilot.click("#generate")
+        await pilot.pause()
+        assert any("letters A-Z" in m for m in notes(app))
+    (saved,) = Library().search()
+    assert saved.form.startswith("limerick: 5 lines, AABBA") and saved.adapter == ""
+
+
+async def test_blind_votes_keep_texts_under_their_titles_and_draw_fresh_seeds(tiny_models, finished_run, settle):
+    from poetwb.core.votes import Votes
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "The sea")
+        app.query_one("#blind", Switch).value = True
+        pane = app.query_one("#compare-pane")
+        seeds = []
+        for key in ("f6", "f7", "f8"):
+            await pilot.click("#generate")
+            await settle(pilot)
+            seeds.append(pane.last["seed"])
+            shown = [(c.title_text, c.text) for c in columns(app)]
+            assert [t for t, _ in shown] == ["A", "B"]
+            await pilot.press("ctrl+s")  # saving before the vote would reveal the sides
+            await pilot.pause()
+            assert any("vote first" in m for m in notes(app))
+            app.query_one("#compare-prompt").focus()
+            await pilot.press(key)
+            await pilot.pause()
+            after = [(c.title_text, c.text) for c in columns(app)]
+            assert [text for _, text in after] == [text for _, text in shown]  # the texts did not move
+            for (title, text), col in zip(after, columns(app), strict=True):
+                model_col = pane.cols[col.model_index]
+                assert title.endswith(model_col.label) and text == pane.shown(col.model_index)
+                assert ("base model" in title) == (model_col.adapter is None)
+        assert len(set(seeds)) == 3  # a fresh seed per round: the seed box was left empty
+        assert "win rate" in str(app.query_one("#vote-tally", Label).render())
+    votes = Votes()
+    tally = votes.tally("done")
+    assert tally.votes == 3 and tally.ties == 1 and tally.tuned + tally.base == 2
+    assert sorted(r[0] for r in votes.db.execute("SELECT seed FROM votes")) == sorted(seeds)
+    votes.close()
+
+
+async def test_a_vote_while_the_pair_streams_is_refused(tiny_models, finished_run, settle):
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "The sea")
+        app.query_one("#blind", Switch).value = True
+        pane = app.query_one("#compare-pane")
+        await pilot.click("#generate")
+        assert pane.streaming
+        await pilot.press("f6")
+        assert any("wait until both poems are finished" in m for m in notes(app))
+        await settle(pilot)
+
+
+async def test_seeds_and_prompts_are_checked_before_anything_runs(tiny_models, settle):
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "The sea")
+        assert app.query_one("#compare-prompt", Input).placeholder.startswith("type a first line")
+        app.query_one("#seed", Input).value = "12345678901234567890123"
+        await pilot.click("#generate")
+        await pilot.pause()
+        assert any("seed must be in 0.." in m for m in notes(app))
+        assert not [w for w in app.workers if w.group == "generate"]
+        app.query_one("#seed", Input).value = "3"
+        await pilot.click("#generate")
+        await settle(pilot)
+        assert any("no fine-tuned run picked" in m for m in notes(app))
+        assert [c.title_text for c in columns(app)] == ["base model"] and columns(app)[0].text
+        app.query_one("#compare-prompt", Input).value = "   "
+        await pilot.click("#generate")
+        await pilot.pause()
+        assert any("prompt is empty" in m for m in notes(app))
+
+
+async def test_a_second_generation_never_mixes_into_the_first(tiny_models, finished_run, settle):
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "The sea")
+        app.query_one("#max_new_tokens").value = 512
+        app.query_one("#seed", Input).value = "1"
+        pane = app.query_one("#compare-pane")
+        await pilot.click("#generate")
+        await pilot.pause(0.3)
+        first_gen = pane.gen
+        app.query_one("#compare-prompt", Input).value = "The sky"
+        app.query_one("#max_new_tokens").value = 32
+        await pilot.click("#generate")
+        await settle(pilot)
+        assert pane.gen == first_gen + 1
+        for col in columns(app):
+            assert col.text.startswith("The sky") and "The sea" not in col.text
+            assert col.gen == pane.gen
