@@ -44,7 +44,7 @@ def matmul_peak(dtype_name: str, n: int = 1024, reps: int = 3) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def _held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
+def held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
     import torch
 
     model.eval()
@@ -59,7 +59,7 @@ def _held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
     return total / count
 
 
-def _train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stage: StageConfig, train_ds: Any,
+def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stage: StageConfig, train_ds: Any,
                held_out: Any, out_dir: Path) -> Leg:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -81,7 +81,7 @@ def _train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, sta
     trainer.train()
     seconds = time.perf_counter() - start
     return Leg(name, trainer.state.global_step, int(trainer.state.num_input_tokens_seen), seconds,
-               _held_out_loss(model, held_out))
+               held_out_loss(model, held_out))
 
 
 def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_tokens: int = 4096,
@@ -109,12 +109,12 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
                              max_steps=max(1, math.ceil(budget_tokens / (8 * 256))))
     from transformers import AutoModelForCausalLM
 
-    base_loss = _held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out)
+    base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out)
     with tempfile.TemporaryDirectory() as tmp:
-        a = _train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
+        a = train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
                        data.pad_each(tokenizer, split["train"], 512), held_out, Path(tmp) / "a")
         packed = data.pack(tokenizer, split["train"], 256)
-        b = _train_leg("poetwb default (packed 256, batch 8)", path, tokenizer, ours_cfg, ours_stage, packed,
+        b = train_leg("poetwb default (packed 256, batch 8)", path, tokenizer, ours_cfg, ours_stage, packed,
                        held_out, Path(tmp) / "b")
     from poetwb.core.train_job import use_bf16
 

@@ -100,6 +100,9 @@ class StageConfig:
     """Share of steps spent warming up the learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    keep_best: bool = False
+    """Keep the adapter with the lowest validation loss seen at an evaluation, not the last one (checkpoints are
+    then saved at evaluations: save_steps must be a multiple of eval_steps)."""
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}")
@@ -112,6 +115,8 @@ class StageConfig:
         for name in ("eval_steps", "logging_steps", "save_steps"):
             _check(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         _check(0 <= self.warmup_ratio < 1, f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(not self.keep_best or self.save_steps % self.eval_steps == 0,
+               f"keep_best needs save_steps ({self.save_steps}) to be a multiple of eval_steps ({self.eval_steps})")
 
 
 @dataclass

@@ -115,9 +115,11 @@ def evaluate_run(run_id: str, batch_size: int = 8) -> dict[str, Any]:
 
 
 def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: int = 96,
-                   seed: int = 0) -> dict[str, Any]:
-    """Generate base and tuned poems for each prompt (one batched pass each) and compare their metrics with the
-    poet's own held-out poems; saved as metrics.json with the generations."""
+                   seed: int = 0, form: Any = None, candidates: int = 8) -> dict[str, Any]:
+    """Generate base and tuned poems for each prompt (one batched pass each, or line by line in a form) and
+    compare their metrics with the poet's own held-out poems; saved as metrics.json (metrics-<form>.json with a
+    form) with the generations. With a form, each row also has the shares of poems with exactly the form's line
+    count, of required rhyme pairs that rhyme and of lines within one syllable, by metrics' own checker."""
     from poetwb.core import generate, metrics
     from poetwb.core.config import SamplingConfig
     from poetwb.core.models import LoadedModel
@@ -131,12 +133,18 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         folder, int(names[-1][-1])))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
     outputs: dict[str, list[str]] = {"base": [], "tuned": []}
+    seconds: dict[str, float] = {"base": 0.0, "tuned": 0.0}
     for p in prompts:
         texts = ["", ""]
-        for row, chunk in generate.side_by_side(loaded, p["text"], sampling, p.get("mode") == "instruct"):
+        stats: list[Any] = []
+        instruct = p.get("mode") == "instruct"
+        for row, chunk in generate.side_by_side(loaded, p["text"], sampling, instruct, stats=stats, form=form,
+                                                candidates=candidates):
             texts[row] += chunk
-        outputs["base"].append(texts[0].strip())
-        outputs["tuned"].append(texts[1].strip())
+        lead = "" if instruct or form is None else p["text"]  # a raw prompt is a form poem's first line
+        for key, text, st in zip(("base", "tuned"), texts, stats, strict=True):
+            outputs[key].append((lead + text).strip())
+            seconds[key] += st.seconds
     _, split = run_splits(folder, tokenizer)
     vocab = {w for t in split["train"]["text"] for w in metrics.words(t)}
     instruct = [p["text"] for p in prompts if p.get("mode") == "instruct"]
@@ -145,11 +153,15 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         row = metrics.summarize(outputs[key], vocab)
         inst_out = [o for p, o in zip(prompts, outputs[key], strict=True) if p.get("mode") == "instruct"]
         row["topic_hit_rate"] = metrics.summarize(inst_out, prompts=instruct)["topic_hit_rate"] if instruct else None
+        row["seconds_per_poem"] = seconds[key] / len(prompts)
+        if form is not None:
+            row.update(metrics.form_summary([metrics.form_report(o, form) for o in outputs[key]]))
         table[key] = row
     table["poet (held-out)"] = metrics.summarize(list(split["val"]["text"]), vocab)
     result = {"run_id": run_id, "adapter": names[-1], "table": table, "prompts": prompts, "generations": outputs,
-              "sampling": sampling.to_dict()}
-    atomic_write_json(folder / "metrics.json", result)
+              "sampling": sampling.to_dict(), "form": form.describe() if form else "free",
+              "candidates": candidates if form else None}
+    atomic_write_json(folder / (f"metrics-{form.name}.json" if form else "metrics.json"), result)
     return result
 
 

@@ -195,7 +195,9 @@ class Job:
             status = runs.read_status(self.folder)
             losses = dict(status.get("eval_loss", {}))
             losses[f"stage{stage}_start"] = final[0]["eval_loss"]
-            losses[f"stage{stage}_end"] = final[-1]["eval_loss"]
+            # with keep_best the saved adapter is the best one seen, so that is the stage's result
+            best = min(h["eval_loss"] for h in final)
+            losses[f"stage{stage}_end"] = best if s.keep_best else final[-1]["eval_loss"]
             self.status(eval_loss=losses)
         return True
 
@@ -237,7 +239,10 @@ def training_args(s: StageConfig, output_dir: Path, precision: str, seed: int, w
         eval_on_start=evaluate,
         save_strategy="steps" if evaluate else "no",
         save_steps=s.save_steps,
-        save_total_limit=2,
+        save_total_limit=2,  # the Trainer never rotates out the best checkpoint
+        load_best_model_at_end=evaluate and s.keep_best,
+        metric_for_best_model="eval_loss" if evaluate and s.keep_best else None,
+        greater_is_better=False if evaluate and s.keep_best else None,
         bf16=use_bf16(precision),
         use_cpu=cpu,
         ddp_backend="gloo" if cpu and world_size > 1 else None,

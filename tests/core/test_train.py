@@ -230,3 +230,32 @@ def test_stage1_runs_data_parallel_on_two_cpu_processes(tiny_train_config):
     assert runs.has_adapter(folder, 1) and not runs.has_adapter(folder, 2)
     train_steps = [r["step"] for r in _metrics(folder) if "loss" in r]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 4  # one stream, from rank 0 only
+
+
+def test_keep_best_saves_the_adapter_with_the_lowest_validation_loss(tiny_train_config):
+    from safetensors.torch import load_file
+
+    text = tiny_train_config("gpt2", steps1=8, steps2=2).replace(
+        "learning_rate = 5e-3\neval_steps = 3", "learning_rate = 0.3\neval_steps = 2\nkeep_best = true", 1
+    ).replace("save_steps = 3", "save_steps = 2", 1)
+    cfg = TrainConfig.from_toml(text)
+    assert cfg.stage1.keep_best and cfg.stage1.learning_rate == 0.3
+    folder = _start(text, "best")
+    assert run_job(folder) == "finished"
+    evals = [(r["step"], r["eval_loss"]) for r in _metrics(folder) if r["stage"] == 1 and "eval_loss" in r
+             and r["step"] > 0]
+    best_step, best = min(evals, key=lambda e: e[1])
+    assert best_step < evals[-1][0]  # lr 0.3 overshoots: the last adapter is not the best one
+    assert runs.read_status(folder)["eval_loss"]["stage1_end"] == pytest.approx(best)
+    saved = load_file(folder / "adapters" / "stage1" / "adapter_model.safetensors")
+    state = json.loads(next((folder / "checkpoints" / "stage1").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    kept = load_file(Path(state["best_model_checkpoint"]) / "adapter_model.safetensors")
+    assert saved.keys() == kept.keys() and all((saved[k] == kept[k]).all() for k in saved)
+
+
+def test_keep_best_needs_checkpoints_at_evaluations():
+    from poetwb.core.config import StageConfig
+
+    with pytest.raises(PoetError, match="multiple of eval_steps"):
+        StageConfig(keep_best=True, eval_steps=20, save_steps=50)

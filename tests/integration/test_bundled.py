@@ -34,3 +34,19 @@ def test_bundled_model_converts_once_and_generates_offline():
     assert first.text == generate.generate(loaded, "The sea is blue, the sky is red", s).text
     poem = generate.generate(loaded, "Write a poem about the sea and the sky", s, instruct=True)
     assert poem.text.strip()
+
+
+def test_a_sonnet_on_the_bundled_model_has_fourteen_rhyming_lines(capsys):
+    """The issue's example, through the CLI: a raw first line, then thirteen more in ABAB CDCD EFEF GG."""
+    from poetwb.cli import main
+    from poetwb.core import forms, metrics
+
+    prompt = "Shall I compare thee to a winter's night?"
+    assert main(["generate", "--form", "sonnet", "-k", "4", "--seed", "3", "-p", prompt]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 14 and lines[0] == prompt
+    assert out.count("\n\n") == 3  # stanza breaks after each quatrain
+    report = metrics.form_report(out, forms.make_form("sonnet"))
+    assert report["rhymes_held"] >= 5 and report["within_one"] >= 12, report
+    assert "ABAB CDCD EFEF GG" in err
