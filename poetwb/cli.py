@@ -122,8 +122,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
     if args.trust_remote_code:
         _eprint("warning: --trust-remote-code runs the model's own Python code on this machine")
-    _convert_note(args.model)
-    loaded = models.load(args.model, args.adapter, trust_remote_code=args.trust_remote_code,
+    model = args.model
+    if model is None and args.adapter:  # a run's adapter goes with the base model that run trained
+        model = _runs_base([models.resolve_adapter(args.adapter, allow_pickle=args.allow_pickle)])
+    _convert_note(model)
+    loaded = models.load(model, args.adapter, trust_remote_code=args.trust_remote_code,
                          allow_pickle=args.allow_pickle, dtype=args.dtype)
     layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
     stats: list[Any] = []

@@ -41,6 +41,68 @@ def test_generate_json_on_a_local_model(tiny_gpt2, capsys):
     assert 0 < out["new_tokens"] <= 12
 
 
+def test_generate_json_reports_the_decode_speed_and_why_it_stopped(tiny_gpt2, capsys):
+    assert main(["generate", "-m", str(tiny_gpt2), "-p", "The sea", "-n", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == 1 and out["form"] == "free" and out["text"].startswith("The sea")
+    assert out["stop_reason"] in {"end of text", "max tokens"} and out["seconds"] > 0
+    assert out["tokens_per_s"] == pytest.approx(out["new_tokens"] / out["seconds"], rel=0.05)
+
+
+def test_generate_in_a_form_prints_the_poem_and_what_it_achieved(tiny_gpt2, capsys):
+    assert main(["generate", "-m", str(tiny_gpt2), "--form", "limerick", "-k", "2", "-p", "A cat sat"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.strip()]
+    assert len(lines) == 5 and lines[0] == "A cat sat"
+    assert "limerick: 5 lines, AABBA" in captured.err and "got 5 lines" in captured.err
+
+
+def test_compare_runs_n_adapters_on_one_base_in_json(tiny_models, tmp_path, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = []
+    for i in range(2):
+        torch.manual_seed(i)
+        m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        m.save_pretrained(tmp_path / f"ad{i}")
+        folders.append(str(tmp_path / f"ad{i}"))
+    assert main(["compare", "-m", str(tiny_models["llama"]), "-a", folders[0], "-a", folders[1], "-p", "The sea",
+                 "-t", "0", "-n", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["label"] for c in out["columns"]] == ["base", "ad0", "ad1"]
+    assert len({c["text"] for c in out["columns"]}) == 3
+    assert all(c["text"].startswith("The sea") and c["new_tokens"] > 0 for c in out["columns"])
+    assert main(["compare", "-a", folders[0], "-a", folders[0], "-a", folders[0], "-a", folders[0], "-a", folders[1],
+                 "-p", "x"]) == 1
+    assert "up to four" in capsys.readouterr().err
+
+
+def test_generate_with_a_run_uses_the_base_model_that_run_trained(tiny_train_config, tiny_gpt2, capsys):
+    from poetwb.core import bundled, runs
+    from poetwb.core.config import TrainConfig
+    from poetwb.core.train_job import run_job
+
+    folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "g2")
+    assert run_job(folder) == "finished"
+    converted = bundled.is_converted()
+    assert main(["generate", "-a", "g2", "-p", "The sea", "-n", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == str(tiny_gpt2) and out["adapter"].endswith("g2/adapters/stage2")
+    assert bundled.is_converted() == converted  # the bundled model was not touched
+
+
+def test_a_pickle_only_adapter_is_refused_before_any_weights_load(tmp_path, capsys):
+    adapter = tmp_path / "pickled"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.bin").write_bytes(b"not read")
+    assert main(["generate", "-m", "/no/such/model", "-a", str(adapter), "-p", "x"]) == 1
+    assert "only pickle weights" in capsys.readouterr().err
+
+
 def test_generate_streams_the_prompt_then_the_continuation(tiny_gpt2, capsys):
     assert main(["generate", "-m", str(tiny_gpt2), "-p", "The sea is blue", "-n", "8", "-t", "0"]) == 0
     assert capsys.readouterr().out.startswith("The sea is blue")
@@ -56,6 +118,11 @@ def test_generate_streams_the_prompt_then_the_continuation(tiny_gpt2, capsys):
         (["-p", ""], "the prompt is empty"),
         (["-p", "x", "-m", "/no/such/model"], "does not exist"),
         (["-p", "x", "-m", "openai-community/gpt2"], "hub is offline"),
+        (["-p", "x", "--scheme", "AB1"], "letters A-Z"),
+        (["-p", "x", "--form", "sonnet", "--syllables", "0"], "1..24"),
+        (["-p", "x", "--form", "sonnet", "-k", "0"], "--candidates must be in 1..32"),
+        (["-p", "x", "--form", "sonnet", "--seed", str(2**64)], "seed must be in 0.."),
+        (["-p", "x", "-a", "/no/such/adapter"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(args, message, capsys):

@@ -340,6 +340,10 @@ def load(
 
     if trust_remote_code:
         log.warning("trust_remote_code is on: the model's own Python code will run on this machine")
+    specs = list(adapters or []) or ([adapter] if adapter is not None else [])
+    if adapter is not None and adapters:
+        raise PoetError("give one adapter or a list of adapters, not both")
+    paths_ = [resolve_adapter(a, allow_pickle=allow_pickle) for a in specs]  # checked before any weights load
     model_id, folder = resolve(spec, allow_pickle=allow_pickle)
     hf_logging.disable_progress_bar()
     try:
@@ -363,10 +367,6 @@ def load(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    specs = list(adapters or []) or ([adapter] if adapter is not None else [])
-    if adapter is not None and adapters:
-        raise PoetError("give one adapter or a list of adapters, not both")
-    paths_ = [resolve_adapter(a) for a in specs]  # all checked before any is read
     for i, path in enumerate(paths_):
         model = attach_adapter(model, path, model_id, name=f"a{i + 1}" if adapters else "default",
                                first=i == 0)
@@ -404,8 +404,9 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_adapter(adapter: str | Path) -> Path:
-    """An adapter folder, or a run id whose newest adapter (stage 2, else stage 1) is used."""
+def resolve_adapter(adapter: str | Path, allow_pickle: bool = False) -> Path:
+    """An adapter folder, or a run id whose newest adapter (stage 2, else stage 1) is used. An adapter whose
+    weights are only pickle (adapter_model.bin) is refused unless allow_pickle, before anything is read."""
     path = Path(adapter).expanduser()
     if not path.exists() and isinstance(adapter, str) and "/" not in adapter and "\\" not in adapter:
         try:
@@ -421,6 +422,12 @@ def resolve_adapter(adapter: str | Path) -> Path:
         raise PoetError(f"adapter {adapter} does not exist; give an adapter folder or a run id (`poetwb runs`)")
     if not (path / "adapter_config.json").is_file():
         raise PoetError(f"{path} has no adapter_config.json: not a peft adapter folder")
+    if not (path / "adapter_model.safetensors").is_file():
+        if (path / "adapter_model.bin").is_file() and not allow_pickle:
+            raise PoetError(f"adapter {path} has only pickle weights (adapter_model.bin), which can run code when "
+                            "loaded; pass --allow-pickle if you trust it")
+        if not (path / "adapter_model.bin").is_file():
+            raise PoetError(f"adapter {path} has no weights (adapter_model.safetensors); the adapter is incomplete")
     return path.resolve()
 
 
