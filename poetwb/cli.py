@@ -179,7 +179,7 @@ def _instruction_spec(value: str) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from poetwb.core import runs
+    from poetwb.core import preflight, runs
 
     if args.resume:
         folder = runs.open_run(args.resume)
@@ -188,10 +188,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PoetError(f"run {args.resume!r} is already running (pid {status.get('pid')})")
         if status["state"] == "finished":
             raise PoetError(f"run {args.resume!r} has already finished; start a new run instead")
+        config = runs.read_config(folder)
     else:
         config = _train_config(args)
+        preflight.check_inputs(config)  # a missing corpus is an error now, not a failed run in 15 s
         folder = runs.create_run(config, args.run_id)
     print(f"run {folder.name}  ({folder})", flush=True)
+    for key, text in preflight.describe_inputs(config).items():
+        print(f"  {key:13} {text}", flush=True)
     if args.detach:
         pid = runs.launch_detached(folder)
         print(f"training in the background (pid {pid}); follow it with `poetwb runs`", flush=True)
