@@ -208,6 +208,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if state == "finished" else 3
 
 
+def cmd_runs_delete(args: argparse.Namespace) -> int:
+    from poetwb.core import runs
+
+    runs.check_deletable(args.run)  # a running run is refused before anything is asked
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"delete run {args.run} with its adapters, checkpoints and logs? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("kept")
+            return 1
+    runs.delete_run(args.run)
+    print(f"deleted run {args.run}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from poetwb.core import runs
 
@@ -363,9 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="train in a background process and return")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("runs", help="list training runs")
+    p = sub.add_parser("runs", help="list training runs; `runs delete RUN` removes one")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_runs)
+    runs_sub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    d = runs_sub.add_parser("delete", help="delete a run with its adapters and checkpoints (refused while it runs)")
+    d.add_argument("run")
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask (asked only when stdin is a terminal)")
+    d.set_defaults(handler=cmd_runs_delete)
 
     p = sub.add_parser("cancel", help="stop a running job cleanly (keeps its checkpoint)")
     p.add_argument("run")

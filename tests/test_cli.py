@@ -95,3 +95,22 @@ def test_core_imports_no_textual_and_cli_start_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_runs_delete_is_refused_while_running_and_removes_a_finished_run(tiny_gpt2, tiny_corpus, capsys):
+    from poetwb.core import runs
+    from poetwb.core.config import TrainConfig
+
+    config = TrainConfig.from_dict({"model": str(tiny_gpt2), "corpus": {"kind": "local", "path": str(tiny_corpus)}})
+    folder = runs.create_run(config, "busy")
+    runs.update_status(folder, state="running", pid=os.getpid())
+    assert main(["runs", "delete", "busy"]) == 1
+    err = capsys.readouterr().err
+    assert "run 'busy' is running" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert folder.is_dir()
+    runs.update_status(folder, state="finished")
+    assert main(["runs", "delete", "busy", "--yes"]) == 0
+    assert "deleted run busy" in capsys.readouterr().out
+    assert not folder.exists()
+    assert main(["runs", "delete", "busy"]) == 1
+    assert "no run 'busy'" in capsys.readouterr().err
