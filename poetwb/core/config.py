@@ -44,6 +44,20 @@ class SamplingConfig:
         return asdict(self)
 
 
+SAMPLING_WORDS = {"temperature": "temperature", "top_p": "top-p", "top_k": "top-k",
+                  "repetition_penalty": "repetition penalty", "max_new_tokens": "max new tokens", "seed": "seed"}
+
+
+def describe_sampling(sampling: dict[str, Any]) -> str:
+    """'temperature 0.7 · top-p 0.95 · top-k 50 · repetition penalty 1.1 · max new tokens 160 · seed 0'."""
+    keys = [k for k in SAMPLING_WORDS if k in sampling] + sorted(k for k in sampling if k not in SAMPLING_WORDS)
+    parts = []
+    for k in keys:
+        value = f"{sampling[k]:g}" if isinstance(sampling[k], float) else str(sampling[k])
+        parts.append(f"{SAMPLING_WORDS.get(k, k.replace('_', ' '))} {value}")
+    return " · ".join(parts)
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 
 
