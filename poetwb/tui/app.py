@@ -108,5 +108,7 @@ class PoetApp(App[None]):
             return self._models[key]
 
     def on_unmount(self) -> None:
+        for pane in self.query("#poems-pane"):  # a deletion still undoable becomes final before the library closes
+            pane.commit_pending()  # type: ignore[attr-defined]
         if self._library is not None:
             self._library.close()
