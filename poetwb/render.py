@@ -49,13 +49,15 @@ def loss_table(result: dict[str, Any], title: str = "held-out loss (perplexity)"
     return table
 
 
-def metrics_table(result: dict[str, Any], title: str = "poetic metrics") -> Table:
-    """Rows base / tuned / the poet's held-out poems; short headers, explained in the caption."""
-    table = _table(title, METRICS_CAPTION)
+def metrics_table(result: dict[str, Any], title: str = "poetic metrics", caption: bool = True) -> Table:
+    """Rows base / tuned / the poet's held-out poems; short headers, explained in the caption (METRICS_CAPTION)."""
+    table = _table(title, METRICS_CAPTION if caption else "")
     table.add_column("", no_wrap=True)
     for _, short in METRIC_COLUMNS:
         table.add_column(short, justify="right", no_wrap=True)
-    for name, row in result["table"].items():
+    order = ["base", "tuned"]
+    rows = sorted(result["table"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    for name, row in rows:
         label = "poet" if name.startswith("poet") else name
         table.add_row(label, *["" if row.get(k) is None else f"{row[k]:.2f}" for k, _ in METRIC_COLUMNS])
     return table
