@@ -15,8 +15,6 @@ def test_pane_snapshot(pane, snap_compare, settle):
         await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
         await settle(pilot)
         pilot.app.action_show(pane)
-        if pane == "poems":
-            pilot.app.query_one("#export-dir").value = "~/poems"
         await pilot.pause()
         await settle(pilot)
 
