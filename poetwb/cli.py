@@ -201,13 +201,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training in the background (pid {pid}); follow it with `poetwb runs`", flush=True)
         return 0
     from poetwb.console import TrainView
+    from poetwb.core.progress import describe_losses
     from poetwb.core.train_job import run_job
 
     with TrainView() as view:
         state = run_job(folder, observer=view)
     status = runs.read_status(folder)
-    losses = " ".join(f"{k}={v:.3f}" for k, v in status.get("eval_loss", {}).items())
-    print(f"run {folder.name}: {state}; held-out loss {losses or '-'}", flush=True)
+    losses = describe_losses(status.get("eval_loss", {}))
+    print(f"run {folder.name}: {state}" + (f"; val loss {losses}" if losses else ""), flush=True)
     return 0 if state == "finished" else 3
 
 

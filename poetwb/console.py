@@ -58,7 +58,8 @@ class TrainView:
             if p.tokens_per_s:
                 figures.append(f"{p.tokens_per_s:.0f} tok/s")
             figures.append(f"ETA {core_progress.format_duration(p.eta_s)}" if p.eta_s is not None else "ETA …")
-            self.bar.update(self.task, description=p.phase or f"stage {p.stage}", total=p.total or None,
+            self.bar.update(self.task, description=p.phase or (f"stage {p.stage}" if p.active else p.state),
+                            total=p.total or None,
                             completed=p.done, steps=f"{p.done}/{p.total} steps" if p.total else "",
                             figures=" · ".join(figures))
             return

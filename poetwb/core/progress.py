@@ -104,6 +104,12 @@ def summarize(status: dict[str, Any], records: list[dict[str, Any]]) -> RunProgr
     )
 
 
+def describe_losses(eval_loss: dict[str, float], sep: str = ", ") -> str:
+    """status.json's eval_loss as 'stage 1 4.855 → 4.741, stage 2 4.464 → 4.387' (val loss at start and end)."""
+    return sep.join(f"stage {s} {eval_loss[f'stage{s}_start']:.3f} → {eval_loss[f'stage{s}_end']:.3f}"
+                    for s in (1, 2) if f"stage{s}_start" in eval_loss and f"stage{s}_end" in eval_loss)
+
+
 def format_duration(seconds: float) -> str:
     """'0:42', '12:05', '1:02:03'."""
     s = round(seconds)

@@ -10,6 +10,7 @@ from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
@@ -39,6 +40,8 @@ def plain_number(value: Any) -> str:
 
 
 class TrainPane(Vertical):
+    BINDINGS = [Binding("delete", "delete_run", "Delete run")]  # an Input keeps Delete for its own text
+
     def __init__(self) -> None:
         super().__init__(id="train-pane")
         self.run_folder: Path | None = None
@@ -263,7 +266,8 @@ class TrainPane(Vertical):
         if p.active:
             figures.append(f"ETA {progress.format_duration(p.eta_s)}" if p.eta_s is not None else "ETA …")
         self.query_one("#train-figures", Label).update(" · ".join(figures))
-        self.query_one("#train-phase", Label).update(p.phase)
+        self.query_one("#train-phase", Label).update(
+            p.phase or ("starting the training process (loading libraries)" if p.active else ""))
         if p.state == "failed":
             self.set_error(f"run failed ({status.get('cause', '')}): {status.get('error', '')}")
         elif self.error_text.startswith("run failed"):
@@ -275,12 +279,11 @@ class TrainPane(Vertical):
 
     def announce(self, run_id: str, state: str, status: dict[str, Any]) -> None:
         """A notification when the watched run ends, however it ends."""
+        from poetwb.core.progress import describe_losses
+
         if state == "finished":
-            losses = status.get("eval_loss", {})
-            parts = [f"stage {s} {losses[f'stage{s}_start']:.3f} → {losses[f'stage{s}_end']:.3f}"
-                     for s in (1, 2) if f"stage{s}_start" in losses and f"stage{s}_end" in losses]
-            self.app.notify(f"run {run_id} finished" + (f": val loss {', '.join(parts)}" if parts else ""),
-                            timeout=15)
+            losses = describe_losses(status.get("eval_loss", {}))
+            self.app.notify(f"run {run_id} finished" + (f": val loss {losses}" if losses else ""), timeout=15)
         elif state == "failed":
             self.app.notify(f"run {run_id} failed: {status.get('error', '')}", severity="error", timeout=15)
         else:
@@ -360,12 +363,13 @@ class TrainPane(Vertical):
     # --- the runs ---------------------------------------------------------------------------------------------
 
     def refresh_runs(self) -> None:
+        from poetwb.core.progress import describe_losses
+
         table = self.query_one("#runs-table", DataTable)
         cursor = table.cursor_row
         table.clear()
         for r in self._runs():
-            losses = "  ".join(f"s{s} {r.eval_loss[f'stage{s}_start']:.3f} → {r.eval_loss[f'stage{s}_end']:.3f}"
-                               for s in (1, 2) if f"stage{s}_start" in r.eval_loss and f"stage{s}_end" in r.eval_loss)
+            losses = describe_losses(r.eval_loss, "  ").replace("stage ", "s")
             table.add_row(r.run_id, r.state, str(r.stage), f"{r.step}/{r.total_steps}", losses, r.error[:60],
                           key=r.run_id)
         if table.row_count:
@@ -414,7 +418,7 @@ class TrainPane(Vertical):
         self.attach(self.run_folder.name)
 
     @on(Button.Pressed, "#delete-run")
-    def delete(self) -> None:
+    def action_delete_run(self) -> None:
         from poetwb.core import runs
         from poetwb.core.errors import PoetError
         from poetwb.tui.widgets.confirm import Confirm

@@ -118,5 +118,5 @@ class LossChart(Vertical):
                 legend.append("━━ " if name.endswith("train") else f"{VAL_MARKER}  ", style=COLORS[name])
                 legend.append(f"{name} loss   ")
         if not series:
-            legend.append("no loss yet: start a run, or pick one in the table below", style="dim")
+            legend.append("no loss recorded yet", style="dim")
         self.query_one("#loss-legend", Static).update(legend)
