@@ -68,7 +68,7 @@ class PoemsPane(Vertical):
                 yield Static("", id="poem-view")
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("mark", "id", "from", "run", "saved", "first line")
+        self.query_one(DataTable).add_columns("mark", "id", "from", "run", "first line")  # the date: in the view
         self.reload()
 
     def on_show(self) -> None:
@@ -88,8 +88,8 @@ class PoemsPane(Vertical):
             run_name = run.name if run is not None else (Path(p.adapter).parent.parent.name if p.adapter else "")
             title = p.title if len(p.title) <= 40 else p.title[:39] + "…"
             table.add_row(Text("[x]" if p.id in self.marked else "[ ]"), str(p.id),
-                          Text("tuned", style="bold") if p.adapter else Text("base"), run_name,
-                          p.created.replace("T", " ")[:16], title, key=str(p.id))
+                          Text("tuned", style="bold") if p.adapter else Text("base"), run_name, title,
+                          key=str(p.id))
 
     @on(DataTable.RowHighlighted, "#poems-table")
     def show_poem(self, event: DataTable.RowHighlighted) -> None:
