@@ -16,6 +16,8 @@ def test_pane_snapshot(pane, snap_compare, settle):
         await settle(pilot)
         pilot.app.action_show(pane)
         await pilot.pause()
+        for box in pilot.app.query("Input"):  # focus lands in an Input on some panes: a blinking cursor is flaky
+            box.cursor_blink = False
         await settle(pilot)
 
     assert snap_compare(PoetApp(), terminal_size=SIZE, run_before=before)
