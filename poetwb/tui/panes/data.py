@@ -145,6 +145,10 @@ class DataPane(Horizontal):
                                          f"{escape(clip_lines(p['completion'], 300))}" for p in sample)
             from transformers import AutoTokenizer
 
+            from poetwb.core import bundled
+
+            if model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():  # its tokenizer counts tokens
+                self.app.call_from_thread(self._note, f"{bundled.CONVERT_NOTE} (its tokenizer counts the tokens)…")
             _, path = models.resolve(model)
             tok = AutoTokenizer.from_pretrained(path)
             tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in poems["text"])
@@ -154,6 +158,9 @@ class DataPane(Horizontal):
         lengths = [t.count("\n") + 1 for t in poems["text"]]
         self.app.call_from_thread(self._show, len(poems), len(split["train"]), len(split["val"]), tokens, n_pairs,
                                   lengths, poems["text"][:3], pairs_text)
+
+    def _note(self, message: str) -> None:
+        self.query_one("#data-counts", Label).update(message)
 
     def _error(self, message: str) -> None:
         self.query_one("#data-counts", Label).update(f"[red]{message}[/red]")
