@@ -213,7 +213,7 @@ def _instruction_spec(value: str) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from poetwb.core import runs
+    from poetwb.core import preflight, runs
 
     if args.resume:
         folder = runs.open_run(args.resume)
@@ -222,20 +222,42 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PoetError(f"run {args.resume!r} is already running (pid {status.get('pid')})")
         if status["state"] == "finished":
             raise PoetError(f"run {args.resume!r} has already finished; start a new run instead")
+        config = runs.read_config(folder)
     else:
         config = _train_config(args)
+        preflight.check_inputs(config)  # a missing corpus is an error now, not a failed run in 15 s
         folder = runs.create_run(config, args.run_id)
     print(f"run {folder.name}  ({folder})", flush=True)
+    for key, text in preflight.describe_inputs(config).items():
+        print(f"  {key:13} {text}", flush=True)
     if args.detach:
         pid = runs.launch_detached(folder)
         print(f"training in the background (pid {pid}); follow it with `poetwb runs`", flush=True)
         return 0
+    from poetwb.console import TrainView
+    from poetwb.core.progress import describe_losses
     from poetwb.core.train_job import run_job
 
-    state = run_job(folder, echo=True)
+    with TrainView() as view:
+        state = run_job(folder, observer=view)
     status = runs.read_status(folder)
-    print(f"run {folder.name}: {state}; held-out loss {status.get('eval_loss', {})}", flush=True)
+    losses = describe_losses(status.get("eval_loss", {}))
+    print(f"run {folder.name}: {state}" + (f"; val loss {losses}" if losses else ""), flush=True)
     return 0 if state == "finished" else 3
+
+
+def cmd_runs_delete(args: argparse.Namespace) -> int:
+    from poetwb.core import runs
+
+    runs.check_deletable(args.run)  # a running run is refused before anything is asked
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"delete run {args.run} with its adapters, checkpoints and logs? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("kept")
+            return 1
+    runs.delete_run(args.run)
+    print(f"deleted run {args.run}")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -271,40 +293,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from poetwb.core import evaluate
+def _convert_bundled_with_progress(model: str) -> None:
+    """The bundled model's first use converts it (~40 s): say so with a bar instead of a silent wait."""
+    from poetwb.console import StepsView
+    from poetwb.core import bundled
 
-    result: dict[str, Any] = {"loss": evaluate.evaluate_run(args.run, batch_size=args.batch_size)}
+    if model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():
+        with StepsView(bundled.CONVERT_NOTE) as view:
+            bundled.ensure_converted(view)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from poetwb.console import StepsView
+    from poetwb.core import evaluate, runs
+
+    _convert_bundled_with_progress(runs.read_config(runs.open_run(args.run)).model)
+    with StepsView("held-out loss") as view:
+        result: dict[str, Any] = {"loss": evaluate.evaluate_run(args.run, batch_size=args.batch_size,
+                                                                 progress=view)}
     if args.metrics:
         prompts = evaluate.load_prompts(args.prompts)
-        result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens)
+        with StepsView("poetic metrics") as view:
+            result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens,
+                                                        progress=view)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
+
+    from poetwb.render import loss_table, metrics_table
 
     console = Console()
-    models = result["loss"]["models"]
-    splits = sorted({s for m in models.values() for s in m})
-    table = Table(title=f"held-out loss (perplexity), run {args.run}", title_justify="left")
-    table.add_column("model")
-    for s in splits:
-        table.add_column(s, justify="right")
-    for name, row in models.items():
-        table.add_row(name, *[f"{row[s]['loss']:.3f} ({row[s]['perplexity']:.1f})" if s in row else ""
-                              for s in splits])
-    console.print(table)
+    console.print(loss_table(result["loss"], f"held-out loss (perplexity), run {args.run}"))
     if "metrics" in result:
-        mt = Table(title="poetic metrics", title_justify="left")
-        keys = ["lines_per_poem", "syllables_per_line", "end_rhyme_rate", "distinct_1", "distinct_2",
-                "vocab_overlap", "topic_hit_rate"]
-        mt.add_column("")
-        for k in keys:
-            mt.add_column(k.replace("_", " "), justify="right")
-        for name, row in result["metrics"]["table"].items():
-            mt.add_row(name, *["" if row.get(k) is None else f"{row[k]:.2f}" for k in keys])
-        console.print(mt)
+        console.print(metrics_table(result["metrics"]))
     return 0
 
 
@@ -445,9 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="train in a background process and return")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("runs", help="list training runs")
+    p = sub.add_parser("runs", help="list training runs; `runs delete RUN` removes one")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_runs)
+    runs_sub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    d = runs_sub.add_parser("delete", help="delete a run with its adapters and checkpoints (refused while it runs)")
+    d.add_argument("run")
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask (asked only when stdin is a terminal)")
+    d.set_defaults(handler=cmd_runs_delete)
 
     p = sub.add_parser("cancel", help="stop a running job cleanly (keeps its checkpoint)")
     p.add_argument("run")

@@ -162,3 +162,66 @@ def test_core_imports_no_textual_and_cli_start_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_runs_delete_is_refused_while_running_and_removes_a_finished_run(tiny_gpt2, tiny_corpus, capsys):
+    from poetwb.core import runs
+    from poetwb.core.config import TrainConfig
+
+    config = TrainConfig.from_dict({"model": str(tiny_gpt2), "corpus": {"kind": "local", "path": str(tiny_corpus)}})
+    folder = runs.create_run(config, "busy")
+    runs.update_status(folder, state="running", pid=os.getpid())
+    assert main(["runs", "delete", "busy"]) == 1
+    err = capsys.readouterr().err
+    assert "run 'busy' is running" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert folder.is_dir()
+    runs.update_status(folder, state="finished")
+    assert main(["runs", "delete", "busy", "--yes"]) == 0
+    assert "deleted run busy" in capsys.readouterr().out
+    assert not folder.exists()
+    assert main(["runs", "delete", "busy"]) == 1
+    assert "no run 'busy'" in capsys.readouterr().err
+
+
+def _feed(view) -> None:
+    status = {"state": "running", "stage": 1, "step": 0, "total_steps": 4, "plan": {"1": 4, "2": 6}}
+    view({**status, "phase": "stage 1: tokenising 40 poems into 64-token blocks"}, None)
+    for step in (1, 2, 3):
+        view({**status, "step": step, "phase": "stage 1: training"}, None)
+        view(None, {"stage": 1, "step": step, "loss": 3.0, "tokens_per_s": 80.0, "elapsed_s": 2.0 * step})
+    view({**status, "stage": 2, "step": 0, "total_steps": 6, "phase": "preparing stage 2: tokenising 1,234 pairs"},
+         None)
+
+
+def test_train_progress_is_plain_lines_when_not_a_terminal():
+    import io
+
+    from poetwb.console import TrainView
+
+    out = io.StringIO()
+    with TrainView(out) as view:
+        _feed(view)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "stage 1: tokenising 40 poems into 64-token blocks"
+    assert "stage 1 step 3/4 · 3/10 overall · loss 3.000 · 80 tok/s · ETA 0:14" in lines
+    assert lines[-1] == "preparing stage 2: tokenising 1,234 pairs"
+    assert "\x1b" not in out.getvalue()
+
+
+def test_train_progress_is_one_bar_over_both_stages_on_a_terminal(monkeypatch):
+    import io
+
+    from poetwb.console import TrainView
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "160")
+    out = Terminal()
+    with TrainView(out) as view:
+        _feed(view)
+    text = out.getvalue()
+    assert "\x1b" in text  # drawn, not printed line by line
+    assert "preparing stage 2: tokenising 1,234 pairs" in text and "4/10 steps" in text
+    assert "ETA 0:12" in text and "loss 3.000" in text and "80 tok/s" in text

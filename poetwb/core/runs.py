@@ -151,7 +151,7 @@ def list_runs() -> list[RunSummary]:
         return []
     out = []
     for folder in sorted(root.iterdir(), key=lambda p: p.name, reverse=True):
-        if not (folder / "status.json").is_file():
+        if folder.name.startswith(".") or not (folder / "status.json").is_file():
             continue
         st = read_status(folder)
         model = ""
@@ -177,6 +177,39 @@ def request_cancel(run_id: str, wait_s: float = 120.0) -> dict[str, Any]:
             return status
         time.sleep(0.2)
     raise PoetError(f"run {run_id!r} did not stop within {wait_s:.0f} s; it will stop at its next step")
+
+
+def _running_refusal(run_id: str, status: dict[str, Any]) -> str:
+    return f"run {run_id!r} is running (pid {status.get('pid')}); cancel it first (poetwb cancel {run_id})"
+
+
+def check_deletable(run_id: str) -> Path:
+    """The run's folder, or a PoetError when the run does not exist or its job is running (ask before confirming)."""
+    folder = open_run(run_id)
+    status = read_status(folder)
+    if status["state"] == "running":
+        raise PoetError(_running_refusal(run_id, status))
+    return folder
+
+
+def delete_run(run_id: str) -> None:
+    """Remove a run's folder (config, metrics, checkpoints, adapters). Refused while its job runs: the job holds
+    the run's lock, so a job that started a moment ago is caught even before its status says running."""
+    import shutil
+
+    from poetwb.core.fsutil import exclusive_lock
+
+    folder = check_deletable(run_id)
+    refusal = _running_refusal(run_id, read_status(folder))
+    try:
+        with exclusive_lock(folder / ".lock"):
+            trash = folder.parent / f".deleting-{folder.name}"
+            os.replace(folder, trash)  # one rename: readers never see half a run
+    except BlockingIOError as exc:
+        raise PoetError(refusal) from exc
+    except OSError as exc:
+        raise PoetError(f"could not delete run {run_id!r} ({exc.strerror or exc})") from exc
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def launch_detached(folder: Path) -> int:

@@ -3,7 +3,9 @@
 Stage 1 adapts a LoRA to the poetry corpus (packed blocks); stage 2 continues training *the same adapter* on
 (request, poem) pairs with the prompt masked. Continuing (not merging) keeps both adapters loadable on the
 original base with plain peft. The job talks to the world only through its run directory (see runs.py), so it
-runs the same in the foreground, detached, or under torchrun/accelerate launch:
+runs the same in the foreground, detached, or under torchrun/accelerate launch. Besides step and loss it writes its
+plan (steps per stage, for one progress bar over both) and its phase ("preparing stage 2: tokenising 1,234 pairs")
+into status.json, so a watcher never sees a frozen "step 12/12" while the job works between steps:
 
     python -m poetwb.core.train_job RUN_DIR
     torchrun --nproc_per_node 2 -m poetwb.core.train_job RUN_DIR
@@ -13,18 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from poetwb.core import data, runs
+from poetwb.core import bundled, data, runs
 from poetwb.core.config import StageConfig, TrainConfig
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_dir, exclusive_lock
@@ -50,33 +54,55 @@ def target_modules(config: TrainConfig, model_type: str) -> list[str] | str:
     return TARGETS.get(model_type, TARGETS["default"])
 
 
+# observer(status, record): called in the job's process after each status change (record None) and each metric
+# record (status None); the attached CLI draws its progress from it. Watchers in other processes read the files.
+Observer = Callable[[dict[str, Any] | None, dict[str, Any] | None], None]
+
+
 class Job:
     """One run: prepares data once, then trains the enabled stages that have no adapter yet."""
 
-    def __init__(self, folder: Path, echo: bool = False) -> None:
+    def __init__(self, folder: Path, observer: Observer | None = None) -> None:
         self.folder = folder
-        self.echo = echo
+        self.observer = observer
         self.rank, self.world_size = world()
         self.main = self.rank == 0
         self.cancelled = False
         self.started = time.monotonic()
         self.config = runs.read_config(folder)
+        self.current_phase = ""
+        self.plan: dict[str, int] = {}
 
     # --- reporting ---
     def status(self, **changes: Any) -> None:
         if self.main:
-            runs.update_status(self.folder, **changes)
+            status = runs.update_status(self.folder, **changes)
+            if self.observer is not None:
+                self.observer(status, None)
+
+    def phase(self, text: str, **changes: Any) -> None:
+        """Say what the job is doing now (status.json's phase), e.g. between the stages."""
+        self.current_phase = text
+        log.info("%s", text)
+        self.status(phase=text, **changes)
 
     def metric(self, record: dict[str, Any]) -> None:
         if not self.main:
             return
         runs.append_metric(self.folder, record)
-        if self.echo:
-            parts = [f"stage {record['stage']} step {record['step']}/{record.get('total_steps', '?')}"]
-            for key in ("loss", "eval_loss", "tokens_per_s"):
-                if key in record:
-                    parts.append(f"{key} {record[key]:.3f}" if key != "tokens_per_s" else f"{record[key]:.0f} tok/s")
-            print("  ".join(parts), flush=True)
+        if self.observer is not None:
+            self.observer(None, record)
+
+    def estimate_steps(self, s: StageConfig, examples: int) -> int:
+        """Optimizer steps a stage will take (the Trainer's count replaces it once the stage starts)."""
+        if s.max_steps > 0:
+            return s.max_steps
+        batches = math.ceil(examples / (s.batch_size * self.world_size))
+        return math.ceil(s.epochs * max(batches // s.grad_accum, 1))
+
+    def set_plan(self, stage: int, steps: int) -> None:
+        self.plan[str(stage)] = int(steps)
+        self.status(plan=dict(self.plan))
 
     def cancel_requested(self) -> bool:
         if (self.folder / runs.CANCEL_FILE).exists():
@@ -91,39 +117,62 @@ class Job:
 
         cfg = self.config
         self.status(state="running", pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
-                    started=runs.now_iso(), error="", cause="")
+                    started=runs.now_iso(), error="", cause="", phase="starting")
+        self.plan = {k: int(v) for k, v in (runs.read_status(self.folder).get("plan") or {}).items()}
+        if cfg.model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():
+            self.phase(bundled.CONVERT_NOTE)
+            bundled.ensure_converted(lambda i, n, what: self.phase(f"{bundled.CONVERT_NOTE}: {what} ({i}/{n})"))
+        self.phase("loading the tokenizer")
         model_id, model_path = models.resolve(cfg.model)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.phase("reading the corpus")
         poems = data.load_poems(cfg.corpus)
         poem_split = data.split_poems_dataset(poems, cfg.seed)
         log.info("corpus: %d poems (%d train / %d val)", len(poems), len(poem_split["train"]), len(poem_split["val"]))
         stage2 = cfg.stage2.enabled and cfg.instructions.kind != "none"
         pair_split = None
         if stage2:
+            self.phase("reading the instructions")
             pair_split, report = data.load_pairs(cfg.instructions, poem_split, cfg.seed)
             log.info("instructions: %d pairs (%d malformed dropped)", report.pairs, report.dropped_malformed)
+        self.phase("loading the model")
         torch.manual_seed(cfg.seed)
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
         base.config.pad_token_id = tokenizer.pad_token_id
         targets = target_modules(cfg, base.config.model_type)
         self.status(model_id=model_id, targets=targets)
-        peft_model = None
-        if cfg.stage1.enabled and not runs.has_adapter(self.folder, 1):
+        train1 = cfg.stage1.enabled and not runs.has_adapter(self.folder, 1)
+        train2 = stage2 and not runs.has_adapter(self.folder, 2)
+        if train1:
+            n = len(poem_split["train"])
+            self.phase(f"stage 1: tokenising {n:,} poems into {cfg.stage1.seq_len}-token blocks")
             train_ds, val_ds = data.stage1_sets(tokenizer, poem_split, cfg.stage1.seq_len, cfg.packing)
+            self.plan["1"] = self.estimate_steps(cfg.stage1, len(train_ds))
+        elif cfg.stage1.enabled and "1" not in self.plan:  # done in an earlier process that wrote no plan
+            ckpt = runs.last_checkpoint(self.folder, 1)
+            self.plan["1"] = int(ckpt.name.split("-")[-1]) if ckpt else 0
+        if train2:
+            assert pair_split is not None
+            self.plan["2"] = self.estimate_steps(cfg.stage2, len(pair_split["train"]))
+        self.status(plan=dict(self.plan))
+        peft_model = None
+        if train1:
             peft_model = self._new_lora(base, targets)
             if not self._train(1, peft_model, tokenizer, cfg.stage1, train_ds, {"val": val_ds}):
                 return "cancelled"
-        if stage2 and not runs.has_adapter(self.folder, 2):
+        if train2:
             assert pair_split is not None
             if peft_model is not None:
                 base = peft_model.unload()  # back to the untouched base; stage 2 reloads stage 1's saved adapter
             if runs.has_adapter(self.folder, 1):
                 from peft import PeftModel
 
+                self.phase("preparing stage 2: loading the stage-1 adapter", stage=2, step=0,
+                           total_steps=self.plan.get("2", 0))
                 peft_model = PeftModel.from_pretrained(base, runs.adapter_dir(self.folder, 1), is_trainable=True)
             else:
                 peft_model = self._new_lora(base, targets)
@@ -131,7 +180,8 @@ class Job:
             if not self._train(2, peft_model, tokenizer, cfg.stage2, sets["train"],
                                {"val": sets["val"], "test": sets["test"]}):
                 return "cancelled"
-        self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1))
+        self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1),
+                    phase="")
         return "finished"
 
     def _new_lora(self, base: Any, targets: list[str] | str) -> Any:
@@ -143,6 +193,8 @@ class Job:
 
     def _stage2_data(self, tokenizer: Any, split: dict[str, list]) -> dict[str, Any]:
         spec, seq = self.config.instructions, self.config.stage2.seq_len
+        n = sum(len(rows) for rows in split.values())
+        self.phase(f"preparing stage 2: tokenising {n:,} pairs", stage=2, step=0, total_steps=self.plan.get("2", 0))
         report = data.DataReport(source=spec.kind)
         out = {name: data.tokenize_pairs(tokenizer, rows, seq, spec.too_long, report) for name, rows in split.items()}
         if report.dropped_too_long or report.truncated:
@@ -175,19 +227,23 @@ class Job:
         resume = runs.last_checkpoint(self.folder, stage)
         self.status(stage=stage, step=0 if resume is None else int(resume.name.split("-")[-1]))
         log.info("stage %d: %d train examples, resume from %s", stage, len(train_ds), resume)
+        self.phase(f"stage {stage}: starting the trainer" + (f" (from step {resume.name.split('-')[-1]})"
+                                                              if resume else ""))
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if callback.cancelled:
-            self.status(state="cancelled", cancelled=runs.now_iso())
+            self.status(state="cancelled", cancelled=runs.now_iso(), phase="")
             return False
         for name, ds in eval_sets.items():
             if name == "val":
                 continue
+            self.phase(f"stage {stage}: measuring {name} loss ({len(ds):,} examples)")
             metrics = trainer.evaluate(ds, metric_key_prefix=name)
             self.metric({"stage": stage, "step": trainer.state.global_step, "epoch": trainer.state.epoch,
                          "total_steps": trainer.state.max_steps, f"{name}_loss": metrics[f"{name}_loss"],
                          "learning_rate": callback.learning_rate, "tokens_per_s": callback.tokens_per_s,
                          "elapsed_s": self.elapsed()})
         if self.main:
+            self.phase(f"saving the stage-{stage} adapter")
             with atomic_dir(runs.adapter_dir(self.folder, stage)) as tmp:
                 model.save_pretrained(tmp)
         final = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -264,21 +320,34 @@ class _RunCallback(TrainerCallback):
         self.last = (time.monotonic(), 0)
         self.learning_rate = 0.0
         self.tokens_per_s = 0.0
+        self.training = f"stage {stage}: training"
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = (time.monotonic(), state.num_input_tokens_seen)
-        self.job.status(stage=self.stage, total_steps=state.max_steps, state="running")
+        self.job.plan[str(self.stage)] = state.max_steps  # the Trainer's exact count replaces the estimate
+        first = f"stage {self.stage}: measuring val loss before training" if args.eval_on_start else self.training
+        self.job.phase(first, stage=self.stage, total_steps=state.max_steps, state="running",
+                       plan=dict(self.job.plan))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.job.status(step=state.global_step, total_steps=state.max_steps)
+        changes: dict[str, Any] = {"step": state.global_step, "total_steps": state.max_steps}
+        if self.job.current_phase != self.training:
+            self.job.current_phase = changes["phase"] = self.training
+        self.job.status(**changes)
         if self.job.cancel_requested():
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True
         return control
 
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.job.current_phase == self.training:  # a periodic evaluation has begun
+            self.job.phase(f"stage {self.stage}: measuring val loss")
+
     def on_evaluate(self, args, state, control, **kwargs):
         self.last = (time.monotonic(), state.num_input_tokens_seen)  # tokens/s measures training, not eval
+        if self.job.current_phase.startswith(f"stage {self.stage}: measuring val loss"):
+            self.job.phase(self.training)
 
     def on_save(self, args, state, control, **kwargs):
         self.last = (time.monotonic(), state.num_input_tokens_seen)
@@ -313,12 +382,14 @@ def _setup_logging(folder: Path) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # log.txt gets the details; the terminal gets our progress lines
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    disable_progress_bars()  # "Writing model shards" bars on checkpoint saves would tear the CLI's progress bar
 
 
-def run_job(folder: Path, echo: bool = False, lock_timeout: float = 15.0) -> str:
+def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float = 15.0) -> str:
     """Run (or resume) the job in this process. Returns the final state; errors land in status.json."""
     rank, _ = world()
     lock = exclusive_lock(folder / ".lock", timeout=lock_timeout) if rank == 0 else contextlib.nullcontext()
@@ -331,7 +402,7 @@ def run_job(folder: Path, echo: bool = False, lock_timeout: float = 15.0) -> str
         if rank == 0:
             (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
             _setup_logging(folder)
-        job = Job(folder, echo=echo)
+        job = Job(folder, observer=observer)
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
             if _main_thread() else None
         try:
@@ -342,7 +413,7 @@ def run_job(folder: Path, echo: bool = False, lock_timeout: float = 15.0) -> str
     except BaseException as exc:
         state, message, cause = _describe_failure(exc)
         if rank == 0:
-            runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso())
+            runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso(), phase="")
             logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
         if isinstance(exc, PoetError | KeyboardInterrupt):
             raise
@@ -377,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        state = run_job(Path(args[0]).resolve(), echo=False)
+        state = run_job(Path(args[0]).resolve())
     except PoetError as exc:
         print(f"poetwb: error: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,8 @@
 """PoetApp: the workbench's frame — five panes, key bindings, the command palette, and shared state (the picked
-base model, the data choices, the poem library, loaded models). Nothing here imports torch at start-up."""
+base model, the data choices, the poem library, loaded models). Nothing here imports torch at start-up.
+
+F1–F5 are priority bindings: they switch panes whatever has focus (an Input would otherwise keep them), and focus
+moves to the new pane's first useful control, so Enter on a row or typing a prompt needs no Tab first."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from poetwb.tui.messages import DataChosen, ModelPicked
 
 PANES = [("models", "Models", "f1"), ("data", "Data", "f2"), ("train", "Train", "f3"), ("compare", "Compare", "f4"),
          ("poems", "Poems", "f5")]
+# the control that takes focus when a pane is shown
+FIRST_CONTROL = {"models": "#model-table", "data": "#corpus-kind", "train": "#preset", "compare": "#compare-prompt",
+                 "poems": "#poem-search"}
 
 
 class PoetApp(App[None]):
@@ -28,7 +34,8 @@ class PoetApp(App[None]):
     SUB_TITLE = f"poetry workbench {__version__}"
     CSS_PATH = "app.tcss"
     BINDINGS = [
-        *(Binding(key, f"show('{pane}')", title) for pane, title, key in PANES),
+        *(Binding(key, f"show('{pane}')", title, priority=True) for pane, title, key in PANES),
+        Binding("escape", "hide_help_panel", "Close keys", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -71,8 +78,29 @@ class PoetApp(App[None]):
                 yield Lazy(PoemsPane())
         yield Footer()
 
+    def on_mount(self) -> None:
+        self.focus_first_control("models")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show":  # not from inside a dialog or the command palette: they stay on top
+            return len(self.screen_stack) == 1
+        if action == "hide_help_panel":  # Escape closes the keys panel when it is open, else means nothing here
+            return bool(self.screen.query("HelpPanel"))
+        return True
+
     def action_show(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
+        self.focus_first_control(pane)
+
+    def focus_first_control(self, pane: str, attempts: int = 50) -> None:
+        """Focus the pane's first useful control once it exists (hidden panes mount lazily after the first frame)."""
+        if self.query_one(TabbedContent).active != pane or len(self.screen_stack) > 1:
+            return  # the user has moved on
+        found = self.query(f"#{pane} {FIRST_CONTROL[pane]}")
+        if found:
+            found.first().focus()
+        elif attempts:
+            self.set_timer(0.05, lambda: self.focus_first_control(pane, attempts - 1))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -91,23 +119,41 @@ class PoetApp(App[None]):
         self.base_model = event.model_id
         self.sub_title = f"base model: {event.model_id}"
         self.notify(f"base model: {event.model_id}")
+        self._inputs_changed()
 
     @on(DataChosen)
     def data_chosen(self, event: DataChosen) -> None:
         self.corpus, self.instructions = event.corpus, event.instructions
+        self._inputs_changed()
+
+    def _inputs_changed(self) -> None:
+        for pane in self.query("#train-pane"):  # it says what Start will train on
+            pane.show_inputs()  # type: ignore[attr-defined]
+
+    def say(self, message: str, **kwargs: Any) -> None:
+        """notify() from the UI thread or from a worker thread."""
+        if threading.get_ident() == self._thread_id:
+            self.notify(message, **kwargs)
+        else:
+            self.call_from_thread(self.notify, message, **kwargs)
 
     def load_model(self, model: str, adapters: tuple[str, ...] = ()) -> Any:
         """Load (once) and cache a model with its adapters (one copy of the base weights for all of them);
-        called from worker threads."""
+        called from worker threads. A first load says what it is doing first (converting the bundled model takes
+        ~40 s once; a load takes seconds)."""
         from poetwb.core import models
 
         key = (model, adapters)
         with self._models_lock:
             if key not in self._models:
                 self._models.clear()  # keep one model in memory at a time
+                extra = "" if not adapters else " and its adapter" if len(adapters) == 1 else " and its adapters"
+                self.say(models.loading_note(model) + extra + "…", timeout=8)
                 self._models[key] = models.load(model, adapters=list(adapters))
             return self._models[key]
 
     def on_unmount(self) -> None:
+        for pane in self.query("#poems-pane"):  # a deletion still undoable becomes final before the library closes
+            pane.commit_pending()  # type: ignore[attr-defined]
         if self._library is not None:
             self._library.close()

@@ -20,3 +20,24 @@ class DataChosen(Message):
 
     corpus: dict
     instructions: dict
+
+
+@dataclass
+class EvalProgress(Message):
+    """An evaluation worker's progress: batches (or prompts) done of total, and what it is doing; total 0 while a
+    phase has no count (loading the model). A flood of these collapses to the latest."""
+
+    done: int
+    total: int
+    what: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, EvalProgress)
+
+
+@dataclass
+class EvalDone(Message):
+    """An evaluation finished (result) or failed (error)."""
+
+    result: dict | None
+    error: str = ""

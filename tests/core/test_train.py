@@ -110,12 +110,18 @@ def _bad_inputs(tmp_path):
     csv_file.write_text("Title,Body\nA,B\n")
     no_assistant = tmp_path / "conv.jsonl"
     no_assistant.write_text(json.dumps({"conversation": "User: a poem please"}) + "\n")
+    missing = tmp_path / "missing.txt"
+    instructions_csv = tmp_path / "pairs.csv"
+    instructions_csv.write_text("request,poem\na,b\n")
+    # (corpus, instructions, message, caught before a run exists: the preflight checks paths, kinds and headers)
     return {
-        "empty": (f'kind = "local"\npath = "{empty}"', "", "yields no poems"),
-        "binary": (f'kind = "local"\npath = "{binary}"', "", "binary"),
-        "latin": (f'kind = "local"\npath = "{latin}"', "", "not UTF-8"),
-        "csv": (f'kind = "local"\npath = "{csv_file}"', "", "no column 'Poem'"),
-        "conv": ("", f'kind = "conversations"\npath = "{no_assistant}"', "without 'Assistant:'"),
+        "empty": (f'kind = "local"\npath = "{empty}"', "", "yields no poems", True),
+        "binary": (f'kind = "local"\npath = "{binary}"', "", "binary", True),
+        "latin": (f'kind = "local"\npath = "{latin}"', "", "not UTF-8", False),
+        "csv": (f'kind = "local"\npath = "{csv_file}"', "", "no column 'Poem'", True),
+        "missing": (f'kind = "local"\npath = "{missing}"', "", "does not exist", True),
+        "pairs": ("", f'kind = "local"\npath = "{instructions_csv}"', "no column 'prompt'", True),
+        "conv": ("", f'kind = "conversations"\npath = "{no_assistant}"', "without 'Assistant:'", False),
     }
 
 
@@ -124,15 +130,22 @@ def test_bad_data_fails_with_the_error_in_status_and_on_the_cli(tiny_train_confi
     assert run_job(good) == "finished"
     before = sorted(p.relative_to(good) for p in good.rglob("*"))
     base_text = tiny_train_config("gpt2")
-    for run_id, (corpus, instructions, message) in _bad_inputs(tmp_path).items():
+    for run_id, (corpus, instructions, message, early) in _bad_inputs(tmp_path).items():
         text = base_text
         if corpus:
             text = text.replace(f'kind = "local"\npath = "{tiny_corpus}"', corpus)
         if instructions:
             text = text.replace('[instructions]\nkind = "synth"', "[instructions]\n" + instructions)
-        code, err, status = _fail_run(capsys, text, run_id)
+        cfg = Path(paths.data_dir()) / f"{run_id}.toml"
+        cfg.write_text(text)
+        code = main(["train", str(cfg), "--run-id", run_id])
+        err = capsys.readouterr().err
         assert code == 1, run_id
         assert message in err and err.count("\n") == 1, (run_id, err)
+        if early:  # refused at the start: no run is left behind
+            assert not paths.run_dir(run_id).exists(), run_id
+            continue
+        status = runs.read_status(paths.run_dir(run_id))
         assert status["state"] == "failed" and message in status["error"] and status["cause"] == "bad input"
 
     code, err, status = _fail_run(capsys, base_text.replace("seq_len = 256", "seq_len = 16"), "toolong")

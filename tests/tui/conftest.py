@@ -36,3 +36,26 @@ async def wait_until(pilot, predicate, timeout: float = 120.0) -> None:
 @pytest.fixture
 def until():
     return wait_until
+
+
+def _screen_lines(app) -> list[str]:
+    """The screen as text lines, read back from the app's SVG screenshot (what a user sees, clipping included)."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    width = float(re.search(r'textLength="([\d.]+)"[^>]*>[^<]</text>', svg)[1])  # one cell
+    rows: dict[int, dict[int, str]] = {}
+    pattern = (r'<text class="[^"]*" x="([\d.]+)" y="[\d.]+" textLength="[\d.]+" '
+               r'clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>')
+    for x, line, text in re.findall(pattern, svg):
+        col = round(float(x) / width)
+        for i, ch in enumerate(html.unescape(text).replace("\xa0", " ")):
+            rows.setdefault(int(line), {})[col + i] = ch
+    return ["".join(cells.get(c, " ") for c in range(max(cells) + 1)) for _, cells in sorted(rows.items())]
+
+
+@pytest.fixture
+def screen_text():
+    """A callable: the app's screen as one string of lines."""
+    return lambda app: "\n".join(_screen_lines(app))

@@ -15,9 +15,9 @@ def test_pane_snapshot(pane, snap_compare, settle):
         await pilot.pause(0.5)  # past the catalogue's start-up timer and the lazily mounted panes
         await settle(pilot)
         pilot.app.action_show(pane)
-        if pane == "poems":
-            pilot.app.query_one("#export-dir").value = "~/poems"
         await pilot.pause()
+        for box in pilot.app.query("Input"):  # focus lands in an Input on some panes: a blinking cursor is flaky
+            box.cursor_blink = False
         await settle(pilot)
 
     assert snap_compare(PoetApp(), terminal_size=SIZE, run_before=before)

@@ -1,5 +1,6 @@
 """Data pane: choose stage 1's corpus and stage 2's instructions; preview poems and pairs with counts, token
-totals and a length histogram."""
+totals and a length histogram with labelled axes. Previewed poems are cut at line ends, and the chosen poets are
+marked in plain text (✓), not only by colour."""
 
 from __future__ import annotations
 
@@ -19,6 +20,23 @@ INSTRUCTION_KINDS = [("Synthesised from the corpus (offline)", "synth"),
                      ("Local .jsonl with prompt/completion", "local"), ("None: stage 1 only", "none")]
 
 
+def clip_lines(text: str, limit: int) -> str:
+    """The first lines of text that fit in limit characters, cut at a line end (or, for one long line, at a word),
+    with a note of how much is left out."""
+    lines = text.splitlines()
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if kept and used + len(line) > limit:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    if len(kept[0] if kept else "") > limit:  # one long first line: cut it between words
+        kept[0] = kept[0][:limit].rsplit(" ", 1)[0] + " …"
+    rest = len(lines) - len(kept)
+    return "\n".join(kept) + (f"\n… ({rest} more line{'s' * (rest != 1)})" if rest else "")
+
+
 class DataPane(Horizontal):
     def __init__(self) -> None:
         super().__init__(id="data-pane")
@@ -29,8 +47,9 @@ class DataPane(Horizontal):
         with Vertical(classes="form"):
             yield Label("Stage 1 corpus", classes="section")
             yield Select(CORPUS_KINDS, value="bundled", allow_blank=False, id="corpus-kind")
-            yield SelectionList[str](*[(desc, name, name == "shakespeare") for name, (_, _, desc)
-                                       in BUNDLED_POETS.items()], id="poets")
+            yield SelectionList[str](*[(self.poet_prompt(desc, name == "shakespeare"), name, name == "shakespeare")
+                                       for name, (_, _, desc) in BUNDLED_POETS.items()], id="poets")
+            yield Label("", id="poets-chosen", classes="hint")
             yield Input(placeholder="path to .txt/.md/folder/.csv/.jsonl/.parquet, or dataset id", id="corpus-path")
             yield Input(placeholder="poet filter (optional), e.g. Emily Dickinson", id="poet-filter")
             yield Label("Stage 2 instructions", classes="section")
@@ -39,9 +58,33 @@ class DataPane(Horizontal):
             yield Button("Preview", id="preview", variant="primary")
         with VerticalScroll(classes="preview"):
             yield Label("", id="data-counts")
-            yield Label("poem length in lines (histogram)", classes="hint")
+            yield Label("poems by length", classes="hint", id="hist-title")
             yield Sparkline([], id="length-hist")
+            with Horizontal(id="hist-axis"):
+                yield Label("", id="hist-min")
+                yield Label("", id="hist-label")
+                yield Label("", id="hist-max")
             yield Static("", id="data-preview")
+
+    @staticmethod
+    def poet_prompt(desc: str, chosen: bool) -> str:
+        return f"{'✓' if chosen else ' '} {desc}"
+
+    def on_mount(self) -> None:
+        self.query_one("#hist-axis").display = False
+        self.mark_poets()
+
+    def mark_poets(self) -> None:
+        """✓ before each chosen poet and their names spelled out below: the toggle's colour alone is easy to miss."""
+        from poetwb.core.data import BUNDLED_POETS
+
+        poets = self.query_one("#poets", SelectionList)
+        chosen = set(poets.selected)
+        for i, (name, (_, _, desc)) in enumerate(BUNDLED_POETS.items()):
+            poets.replace_option_prompt_at_index(i, self.poet_prompt(desc, name in chosen))
+        names = [BUNDLED_POETS[n][2] for n in BUNDLED_POETS if n in chosen]
+        self.query_one("#poets-chosen", Label).update(
+            "chosen: " + ", ".join(names) if names else "none chosen: Shakespeare's sonnets are used")
 
     def specs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         kind = self.query_one("#corpus-kind", Select).value
@@ -69,8 +112,11 @@ class DataPane(Horizontal):
     @on(Select.Changed)
     @on(SelectionList.SelectedChanged)
     @on(Input.Changed)
-    def _changed(self) -> None:
-        self.query_one("#poets").display = self.query_one("#corpus-kind", Select).value == "bundled"
+    def _changed(self, event: Select.Changed | SelectionList.SelectedChanged | Input.Changed) -> None:
+        bundled = self.query_one("#corpus-kind", Select).value == "bundled"
+        self.query_one("#poets").display = self.query_one("#poets-chosen").display = bundled
+        if isinstance(event, SelectionList.SelectedChanged):
+            self.mark_poets()
         corpus, instructions = self.specs()
         self.post_message(DataChosen(corpus, instructions))
 
@@ -96,9 +142,13 @@ class DataPane(Horizontal):
                 from rich.markup import escape
 
                 pairs_text = "\n\n".join(f"[b]Request:[/b] {escape(p['prompt'])}\n[b]Poem:[/b] "
-                                         f"{escape(p['completion'][:300])}" for p in sample)
+                                         f"{escape(clip_lines(p['completion'], 300))}" for p in sample)
             from transformers import AutoTokenizer
 
+            from poetwb.core import bundled
+
+            if model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():  # its tokenizer counts tokens
+                self.app.call_from_thread(self._note, f"{bundled.CONVERT_NOTE} (its tokenizer counts the tokens)…")
             _, path = models.resolve(model)
             tok = AutoTokenizer.from_pretrained(path)
             tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in poems["text"])
@@ -108,6 +158,9 @@ class DataPane(Horizontal):
         lengths = [t.count("\n") + 1 for t in poems["text"]]
         self.app.call_from_thread(self._show, len(poems), len(split["train"]), len(split["val"]), tokens, n_pairs,
                                   lengths, poems["text"][:3], pairs_text)
+
+    def _note(self, message: str) -> None:
+        self.query_one("#data-counts", Label).update(message)
 
     def _error(self, message: str) -> None:
         self.query_one("#data-counts", Label).update(f"[red]{message}[/red]")
@@ -123,7 +176,13 @@ class DataPane(Horizontal):
         for length in lengths:
             hist[length // width] += 1
         self.query_one("#length-hist", Sparkline).data = hist
+        self.query_one("#hist-title", Label).update(
+            f"poems by length, {width} line{'s' * (width != 1)} per bar (tallest bar: {max(hist)} poems)")
+        self.query_one("#hist-min", Label).update("0 lines")
+        self.query_one("#hist-label", Label).update("poem length →")
+        self.query_one("#hist-max", Label).update(f"{top} lines")
+        self.query_one("#hist-axis").display = True
         from rich.markup import escape
 
-        body = "\n\n".join(f"[b]Poem {i + 1}[/b]\n{escape(t[:400])}" for i, t in enumerate(sample))
+        body = "\n\n".join(f"[b]Poem {i + 1}[/b]\n{escape(clip_lines(t, 400))}" for i, t in enumerate(sample))
         self.query_one("#data-preview", Static).update(body + ("\n\n" + pairs_text if pairs_text else ""))

@@ -1,38 +1,54 @@
-"""Train pane: preset and validated hyperparameters, launch the two-stage job as its own process, live curves,
-progress, cancel/resume, and the list of runs. Reopening the app re-attaches to a running job from its files."""
+"""Train pane: preset and hyperparameters, what the run will train on, Start (checked before a run exists), one
+progress bar and ETA over both stages with the job's phase, live curves, evaluation tables, and the list of runs
+(cancel, resume, delete). Reopening the app re-attaches to a running job from its files."""
 
 from __future__ import annotations
 
-import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
-from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
+from poetwb.tui.messages import EvalDone, EvalProgress
 from poetwb.tui.widgets.loss_chart import LossChart
 
 # (input id, config path, label, type)
 FIELDS = [
-    ("s1-lr", ("stage1", "learning_rate"), "stage 1 lr", float),
+    ("s1-lr", ("stage1", "learning_rate"), "stage 1 learning rate", float),
     ("s1-steps", ("stage1", "max_steps"), "stage 1 max steps (-1: epochs)", int),
-    ("s1-batch", ("stage1", "batch_size"), "stage 1 batch", int),
-    ("s1-seq", ("stage1", "seq_len"), "stage 1 seq len", int),
-    ("s2-lr", ("stage2", "learning_rate"), "stage 2 lr", float),
-    ("s2-steps", ("stage2", "max_steps"), "stage 2 max steps", int),
-    ("s2-batch", ("stage2", "batch_size"), "stage 2 batch", int),
+    ("s1-batch", ("stage1", "batch_size"), "stage 1 batch size", int),
+    ("s1-seq", ("stage1", "seq_len"), "stage 1 sequence length", int),
+    ("s2-lr", ("stage2", "learning_rate"), "stage 2 learning rate", float),
+    ("s2-steps", ("stage2", "max_steps"), "stage 2 max steps (-1: epochs)", int),
+    ("s2-batch", ("stage2", "batch_size"), "stage 2 batch size", int),
     ("lora-r", ("lora", "r"), "LoRA rank", int),
 ]
+ACTIVE = {"queued", "running"}
+
+
+def plain_number(value: Any) -> str:
+    """5e-05 -> '0.00005': a learning rate as people type it."""
+    if isinstance(value, float):
+        text = format(Decimal(repr(value)), "f")
+        return text if len(text) <= 12 else repr(value)
+    return str(value)
 
 
 class TrainPane(Vertical):
+    BINDINGS = [Binding("delete", "delete_run", "Delete run")]  # an Input keeps Delete for its own text
+
     def __init__(self) -> None:
         super().__init__(id="train-pane")
         self.run_folder: Path | None = None
         self.metrics_offset = 0
-        self.stage1_total = 0
+        self.last_state: str | None = None
+        self.evaluating = False
+        self.error_text = ""
 
     def compose(self) -> ComposeResult:
         from poetwb.core.config import preset_names
@@ -43,112 +59,275 @@ class TrainPane(Vertical):
             yield Button("Cancel", id="cancel", variant="error")
             yield Button("Resume", id="resume")
             yield Button("Evaluate", id="evaluate")
+            yield Button("Delete run", id="delete-run")
+        yield Static("", id="train-inputs", classes="hint")
         with Grid(id="hyper"):
-            for fid, _, label, _ in FIELDS:
+            for fid, _, label, kind in FIELDS:
                 yield Label(label)
-                yield Input(id=fid, type="number" if _ is float else "integer")
+                yield Input(id=fid, type="number" if kind is float else "integer", compact=True)
         yield Label("", id="train-error", classes="error")
-        with Horizontal(classes="row"):
-            yield ProgressBar(id="train-progress", show_eta=True)
+        with Horizontal(id="progress-row"):
+            yield ProgressBar(id="train-progress", show_eta=False)
             yield Label("", id="train-figures")
+        yield Label("", id="train-phase", classes="hint")
         yield LossChart(id="loss-chart")
-        yield Label("", id="eval-table")
+        with Horizontal(id="eval-progress-row"):
+            yield ProgressBar(id="eval-progress", show_eta=True)
+            yield Label("", id="eval-status")
+        with Horizontal(id="eval-row"):
+            yield Static("", id="eval-table")
+            yield Static("", id="metrics-table")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
-        self.query_one("#runs-table", DataTable).add_columns("run", "state", "stage", "step", "held-out loss", "error")
+        self.query_one("#runs-table", DataTable).add_columns("run", "state", "stage", "step",
+                                                             "val loss (start → end)", "error")
         self.fill_from_preset("cpu-quick")
         self.query_one("#train-progress", ProgressBar).update(total=1, progress=0)  # idle, not "indeterminate"
+        self.query_one("#eval-progress-row").display = False
+        self.set_error("")
+        self.show_eval(None)
         self.refresh_runs()
         running = [r for r in self._runs() if r.state == "running"]
         if running:  # re-attach to a job started before the app was (re)opened, and show it
             self.attach(running[0].run_id)
             self.call_after_refresh(self.app.action_show, "train")
         self.set_interval(0.5, self.poll)
+        self.set_interval(2.0, self.refresh_runs)
+
+    def on_show(self) -> None:
+        self.show_inputs()
 
     def _runs(self) -> list[Any]:
         from poetwb.core import runs
 
         return runs.list_runs()
 
+    # --- the form ---------------------------------------------------------------------------------------------
+
     def fill_from_preset(self, name: str) -> None:
         from poetwb.core.config import load_preset
 
         cfg = load_preset(name).to_dict()
         for fid, (section, key), _, _ in FIELDS:
-            self.query_one(f"#{fid}", Input).value = str(cfg[section][key])
+            self.query_one(f"#{fid}", Input).value = plain_number(cfg[section][key])
+        self.show_inputs()
 
     @on(Select.Changed, "#preset")
     def preset_changed(self, event: Select.Changed) -> None:
         self.fill_from_preset(str(event.value))
 
-    def build_config(self) -> Any:
-        """The TrainConfig from preset + fields + the Data and Models panes; raises PoetError on bad values."""
-        from poetwb.core.config import TrainConfig, load_preset
+    def config_data(self, with_fields: bool = True) -> dict[str, Any]:
+        """The config as a dict: preset, then the Models and Data panes' choices, then (optionally) the fields."""
+        from poetwb.core.config import load_preset
         from poetwb.core.errors import PoetError
 
-        data = load_preset(str(self.query_one("#preset", Select).value)).to_dict()
-        for fid, (section, key), label, kind in FIELDS:
-            raw = self.query_one(f"#{fid}", Input).value.strip()
-            try:
-                data[section][key] = kind(raw)
-            except ValueError as exc:
-                raise PoetError(f"{label}: {raw!r} is not a valid {kind.__name__}") from exc
+        preset = str(self.query_one("#preset", Select).value)
+        data = load_preset(preset).to_dict()
+        if with_fields:
+            for fid, (section, key), label, kind in FIELDS:
+                raw = self.query_one(f"#{fid}", Input).value.strip()
+                try:  # "5" stays 5 in a float field, so messages repeat what was typed ("got 5")
+                    data[section][key] = int(raw) if kind is float and raw.lstrip("+-").isdigit() else kind(raw)
+                except ValueError as exc:
+                    raise PoetError(f"{label}: {raw!r} is not a valid {kind.__name__}") from exc
         data["model"] = self.app.base_model
         data["corpus"] = {**data["corpus"], **self.app.corpus} if self.app.corpus else data["corpus"]
         if self.app.instructions:
             data["instructions"] = self.app.instructions
-        data["preset"] = str(self.query_one("#preset", Select).value)
-        return TrainConfig.from_dict(data)
+        data["preset"] = preset
+        return data
+
+    def build_config(self) -> Any:
+        """The TrainConfig from preset + fields + the Data and Models panes; raises PoetError on bad values."""
+        from poetwb.core.config import TrainConfig
+
+        return TrainConfig.from_dict(self.config_data())
+
+    def show_inputs(self) -> None:
+        """Say which model, corpus and instructions Start will use (they are picked in the Models and Data panes)."""
+        from rich.markup import escape
+
+        from poetwb.core.config import TrainConfig
+        from poetwb.core.errors import PoetError
+        from poetwb.core.preflight import describe_inputs
+
+        try:
+            said = describe_inputs(TrainConfig.from_dict(self.config_data(with_fields=False)))
+        except PoetError as exc:
+            text = f"[red]data: {escape(str(exc))}[/red] (Data pane, F2)"
+        else:
+            text = " · ".join(f"[b]{k}[/b] {escape(v)}" for k, v in said.items()) + "  (change: F1, F2)"
+        self.query_one("#train-inputs", Static).update(text)
+
+    def set_error(self, text: str) -> None:
+        """The line under the form: a bad value, a failed check, a failed run (hidden when there is nothing)."""
+        self.error_text = text
+        label = self.query_one("#train-error", Label)
+        label.update(text)
+        label.display = bool(text)
+
+    # --- start ------------------------------------------------------------------------------------------------
 
     @on(Button.Pressed, "#start")
     def start(self) -> None:
-        from poetwb.core import runs
         from poetwb.core.errors import PoetError
 
-        error = self.query_one("#train-error", Label)
         if any(r.state == "running" for r in self._runs()):
             self.app.notify("a job is already running: wait for it or cancel it first", severity="warning")
             return
         try:
             config = self.build_config()
+        except PoetError as exc:
+            self._start_failed(str(exc))
+            return
+        self.set_error("checking the corpus and instructions…")
+        self.query_one("#start", Button).disabled = True
+        self.launch(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="start")
+    def launch(self, config: Any) -> None:
+        """Check the inputs, then create the run and start its job; no run exists when a check fails."""
+        from poetwb.core import preflight, runs
+        from poetwb.core.errors import PoetError
+
+        try:
+            preflight.check_inputs(config)
             folder = runs.create_run(config)
             runs.launch_detached(folder)
         except PoetError as exc:
-            error.update(str(exc))
-            self.app.notify(str(exc), severity="error")
+            self.app.call_from_thread(self._start_failed, str(exc))
             return
-        error.update("")
-        self.attach(folder.name)
-        self.app.notify(f"training {folder.name} in the background")
+        self.app.call_from_thread(self._started, folder.name)
+
+    def _start_failed(self, message: str) -> None:
+        self.query_one("#start", Button).disabled = False
+        self.set_error(message)
+        self.app.notify(message, severity="error", timeout=8)
+
+    def _started(self, run_id: str) -> None:
+        self.query_one("#start", Button).disabled = False
+        self.set_error("")
+        self.attach(run_id)
+        self.refresh_runs()
+        self.app.notify(f"training {run_id} in the background")
+
+    # --- watching a run ---------------------------------------------------------------------------------------
 
     def attach(self, run_id: str) -> None:
         from poetwb.core import paths
-        from poetwb.core.evaluate import read_saved
 
         self.run_folder = paths.run_dir(run_id)
         self.metrics_offset = 0
+        self.last_state = None
         self.query_one(LossChart).reset()
-        self.show_eval(read_saved(self.run_folder, "eval.json"))
+        self.show_saved_eval()
         self.poll()
 
-    def show_eval(self, result: dict[str, Any] | None) -> None:
-        label = self.query_one("#eval-table", Label)
-        if not result:
-            label.update("held-out loss: not evaluated yet (Evaluate)")
+    def detach(self) -> None:
+        self.run_folder = None
+        self.last_state = None
+        self.query_one(LossChart).reset()
+        self.query_one("#train-progress", ProgressBar).update(total=1, progress=0)
+        for wid in ("#train-figures", "#train-phase"):
+            self.query_one(wid, Label).update("")
+        self.set_error("")
+        self.show_eval(None)
+
+    def poll(self) -> None:
+        from poetwb.core import progress, runs
+
+        if self.run_folder is None:
             return
-        parts = []
-        for name, row in result["models"].items():
-            cells = ", ".join(f"{split} {v['loss']:.3f}" for split, v in row.items())
-            parts.append(f"[b]{name}[/b]: {cells}")
-        label.update("held-out loss — " + "   ".join(parts))
+        if not self.run_folder.is_dir():  # deleted elsewhere (CLI)
+            self.detach()
+            return
+        chart = self.query_one(LossChart)
+        records, self.metrics_offset = runs.read_metrics(self.run_folder, self.metrics_offset)
+        status = runs.read_status(self.run_folder)
+        p = progress.summarize(status, chart.records + records)
+        chart.plan(p.total)
+        if records:
+            chart.add(records)
+        bar = self.query_one("#train-progress", ProgressBar)
+        if p.total:
+            bar.update(total=p.total, progress=p.done)
+        elif p.active:
+            bar.update(total=None)  # a job that has not planned its steps yet: an indeterminate bar
+        figures = [f"{self.run_folder.name} {p.state}"]
+        if p.stage:
+            figures.append(f"stage {p.stage}: {p.step}/{p.stage_total}")
+        if p.total:
+            figures.append(f"all: {p.done}/{p.total} steps")
+        if p.loss is not None:
+            figures.append(f"loss {p.loss:.3f}")
+        if p.tokens_per_s:
+            figures.append(f"{p.tokens_per_s:.0f} tok/s")
+        if p.active:
+            figures.append(f"ETA {progress.format_duration(p.eta_s)}" if p.eta_s is not None else "ETA …")
+        self.query_one("#train-figures", Label).update(" · ".join(figures))
+        self.query_one("#train-phase", Label).update(
+            p.phase or ("starting the training process (loading libraries)" if p.active else ""))
+        if p.state == "failed":
+            self.set_error(f"run failed ({status.get('cause', '')}): {status.get('error', '')}")
+        elif self.error_text.startswith("run failed"):
+            self.set_error("")
+        if self.last_state in ACTIVE and p.state not in ACTIVE:
+            self.announce(self.run_folder.name, p.state, status)
+            self.refresh_runs()
+        self.last_state = p.state
+
+    def announce(self, run_id: str, state: str, status: dict[str, Any]) -> None:
+        """A notification when the watched run ends, however it ends."""
+        from poetwb.core.progress import describe_losses
+
+        if state == "finished":
+            losses = describe_losses(status.get("eval_loss", {}))
+            self.app.notify(f"run {run_id} finished" + (f": val loss {losses}" if losses else ""), timeout=15)
+        elif state == "failed":
+            self.app.notify(f"run {run_id} failed: {status.get('error', '')}", severity="error", timeout=15)
+        else:
+            self.app.notify(f"run {run_id} {state} at stage {status.get('stage')} step {status.get('step')}",
+                            severity="warning", timeout=10)
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+
+    def show_saved_eval(self) -> None:
+        from poetwb.core.evaluate import read_saved
+
+        if self.run_folder is None:
+            self.show_eval(None)
+            return
+        self.show_eval(read_saved(self.run_folder, "eval.json"), read_saved(self.run_folder, "metrics.json"))
+
+    def show_eval(self, result: dict[str, Any] | None, metrics: dict[str, Any] | None = None) -> None:
+        from poetwb.render import METRICS_CAPTION, loss_table, metrics_table
+
+        table = self.query_one("#eval-table", Static)
+        if not result:
+            table.update("held-out loss: not evaluated yet (Evaluate)" if self.run_folder else "")
+        else:
+            table.update(loss_table(result))
+        side = self.query_one("#metrics-table", Static)
+        if metrics:
+            side.update(metrics_table(metrics, caption=False))
+            side.tooltip = METRICS_CAPTION
+        else:
+            side.update(f"poetic metrics: `poetwb eval {self.run_folder.name} --metrics`" if result and
+                        self.run_folder else "")
 
     @on(Button.Pressed, "#evaluate")
     def evaluate(self) -> None:
         if self.run_folder is None:
-            self.app.notify("select a run in the table first", severity="warning")
+            self.app.notify("select a run in the table first (Enter on a row)", severity="warning")
             return
-        self.query_one("#eval-table", Label).update("evaluating…")
+        if self.evaluating:
+            self.app.notify("an evaluation is already running", severity="warning")
+            return
+        self.evaluating = True
+        self.query_one("#eval-progress-row").display = True
+        self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#eval-status", Label).update("evaluating…")
         self.run_eval(self.run_folder.name)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
@@ -157,44 +336,40 @@ class TrainPane(Vertical):
         from poetwb.core.evaluate import evaluate_run
 
         try:
-            result = evaluate_run(run_id)
+            result = evaluate_run(run_id, progress=lambda d, t, what: self.post_message(EvalProgress(d, t, what)))
         except PoetError as exc:
-            self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=8)
-            self.app.call_from_thread(self.show_eval, None)
+            self.post_message(EvalDone(None, str(exc)))
             return
-        self.app.call_from_thread(self.show_eval, result)
+        self.post_message(EvalDone(result))
 
-    def poll(self) -> None:
-        from poetwb.core import runs
+    @on(EvalProgress)
+    def eval_progress(self, event: EvalProgress) -> None:
+        bar = self.query_one("#eval-progress", ProgressBar)
+        bar.update(total=event.total or None, progress=event.done)
+        count = f" ({event.done}/{event.total} batches)" if event.total else ""
+        self.query_one("#eval-status", Label).update(f"evaluating: {event.what}{count}")
 
-        if self.run_folder is None:
+    @on(EvalDone)
+    def eval_done(self, event: EvalDone) -> None:
+        self.evaluating = False
+        self.query_one("#eval-progress-row").display = False
+        if event.error:
+            self.app.notify(event.error, severity="error", timeout=8)
+            self.show_saved_eval()
             return
-        records, self.metrics_offset = runs.read_metrics(self.run_folder, self.metrics_offset)
-        if records:
-            self.query_one(LossChart).add(records)
-        status = runs.read_status(self.run_folder)
-        bar = self.query_one("#train-progress", ProgressBar)
-        total, step = status.get("total_steps") or 0, status.get("step") or 0
-        if total:
-            bar.update(total=total, progress=step)
-        last = next((r for r in reversed(self.query_one(LossChart).records) if "tokens_per_s" in r), {})
-        figures = f"{self.run_folder.name}  {status.get('state')}  stage {status.get('stage', 0)}  " \
-                  f"step {step}/{total}  {last.get('tokens_per_s', 0):.0f} tok/s"
-        self.query_one("#train-figures", Label).update(figures)
-        error = self.query_one("#train-error", Label)
-        if status.get("state") == "failed":
-            error.update(f"run failed ({status.get('cause', '')}): {status.get('error', '')}")
-        elif status.get("state") != "failed" and str(error.render()).startswith("run failed"):
-            error.update("")
-        if int(time.monotonic() * 2) % 4 == 0:
-            self.refresh_runs()
+        self.show_saved_eval()
+        self.app.notify("evaluation done")
+
+    # --- the runs ---------------------------------------------------------------------------------------------
 
     def refresh_runs(self) -> None:
+        from poetwb.core.progress import describe_losses
+
         table = self.query_one("#runs-table", DataTable)
         cursor = table.cursor_row
         table.clear()
         for r in self._runs():
-            losses = " ".join(f"{k.replace('stage', 's')}={v:.3f}" for k, v in r.eval_loss.items())
+            losses = describe_losses(r.eval_loss, "  ").replace("stage ", "s")
             table.add_row(r.run_id, r.state, str(r.stage), f"{r.step}/{r.total_steps}", losses, r.error[:60],
                           key=r.run_id)
         if table.row_count:
@@ -203,6 +378,12 @@ class TrainPane(Vertical):
     @on(DataTable.RowSelected, "#runs-table")
     def select_run(self, event: DataTable.RowSelected) -> None:
         self.attach(str(event.row_key.value))
+
+    def highlighted_run(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not table.row_count:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
     @on(Button.Pressed, "#cancel")
     def cancel(self) -> None:
@@ -235,3 +416,44 @@ class TrainPane(Vertical):
             return
         runs.launch_detached(self.run_folder)
         self.attach(self.run_folder.name)
+
+    @on(Button.Pressed, "#delete-run")
+    def action_delete_run(self) -> None:
+        from poetwb.core import runs
+        from poetwb.core.errors import PoetError
+        from poetwb.tui.widgets.confirm import Confirm
+
+        run_id = self.highlighted_run()
+        if run_id is None:
+            self.app.notify("no runs to delete", severity="warning")
+            return
+        try:
+            runs.check_deletable(run_id)
+        except PoetError as exc:
+            self.app.notify(str(exc), severity="error", timeout=8)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.delete_run(run_id)
+
+        self.app.push_screen(Confirm(f"Delete run {run_id} with its adapters, checkpoints and logs? "
+                                     "Poems saved from it stay in the library."), answered)
+
+    @work(thread=True, exit_on_error=False, group="delete-run")
+    def delete_run(self, run_id: str) -> None:
+        from poetwb.core import runs
+        from poetwb.core.errors import PoetError
+
+        try:
+            runs.delete_run(run_id)
+        except PoetError as exc:
+            self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=8)
+            return
+        self.app.call_from_thread(self._deleted, run_id)
+
+    def _deleted(self, run_id: str) -> None:
+        if self.run_folder is not None and self.run_folder.name == run_id:
+            self.detach()
+        self.refresh_runs()
+        self.app.notify(f"deleted run {run_id}")
