@@ -67,13 +67,16 @@ async def test_enter_on_a_model_row_works_right_after_f1():
     app = PoetApp()
     async with app.run_test(size=SIZE) as pilot:
         await _mounted(pilot)
+        app.action_show("compare")  # where a user would be: typing a prompt in the Compare pane
+        await pilot.pause()
         app.query_one("#compare-prompt", Input).focus()
+        await pilot.pause()
         await pilot.press("f1")
         await pilot.pause()
-        for _ in range(100):  # the catalogue is read by a worker after the first paint
+        for _ in range(600):  # the catalogue is read by a worker after the first paint (slow on a busy CPU)
             if app.query_one("#model-table").row_count:
                 break
-            await pilot.pause(0.05)
+            await pilot.pause(0.1)
         await pilot.press("enter")  # on the bundled model's row: no Tab first
         await pilot.pause()
         assert app.base_model == "bundled"

@@ -96,9 +96,10 @@ class ComparePane(Vertical):
         Binding("ctrl+b", "save('base')", "Save base poem"),
         Binding("ctrl+g", "generate", "Generate"),
         Binding("escape", "stop", "Stop", show=False),
-        Binding("f6", "vote('A')", "Vote A"),
-        Binding("f7", "vote('B')", "Vote B"),
-        Binding("f8", "vote('tie')", "Tie"),
+        # shown in the pane's own line when blind mode is on, so the footer keeps room for F1-F5
+        Binding("f6", "vote('A')", "Vote A", show=False),
+        Binding("f7", "vote('B')", "Vote B", show=False),
+        Binding("f8", "vote('tie')", "Tie", show=False),
     ]
 
     def __init__(self) -> None:
@@ -111,6 +112,7 @@ class ComparePane(Vertical):
         """True while a blind pair's labels are hidden (until the vote)."""
         self.last: dict[str, Any] = {}
         self.gen = 0
+        self._run_labels: list[str] = []
         self.streaming = False
         self.stop = threading.Event()
 
@@ -184,8 +186,19 @@ class ComparePane(Vertical):
         lst.clear_options()
         if options and not picked:
             picked = [options[0][1]]
+        self._run_labels = [label for label, _ in options]
         lst.add_options([(label, value, value in picked) for label, value in options])
         lst.border_title = "fine-tuned runs (space picks, up to 4)" if options else "no fine-tuned runs yet (F3)"
+        self.mark_runs()
+
+    @on(SelectionList.SelectedChanged, "#run-list")
+    def mark_runs(self) -> None:
+        """✓ before each picked run: the toggle's colour alone is easy to miss."""
+        lst = self.query_one("#run-list", SelectionList)
+        picked = set(lst.selected)
+        for i, label in enumerate(self._run_labels):
+            chosen = lst.get_option_at_index(i).value in picked
+            lst.replace_option_prompt_at_index(i, f"{'✓' if chosen else ' '} {label}")
 
     @on(Select.Changed, "#prompt-set")
     def use_prompt(self, event: Select.Changed) -> None:

@@ -16,7 +16,8 @@ class PoemColumn(Vertical):
     PoemColumn .column-title { text-style: bold; color: $accent; width: 1fr; }
     PoemColumn .column-foot { color: $text-muted; width: 1fr; }
     PoemColumn VerticalScroll { height: 1fr; }
-    PoemColumn Button { min-width: 8; height: 1; border: none; margin: 0; }
+    PoemColumn Button.save-column { min-width: 8; width: 8; height: 1; border-top: none; border-bottom: none;
+                                     margin: 0; padding: 0; }
     PoemColumn Horizontal { height: auto; }
     """
 
