@@ -106,13 +106,6 @@ def _form_line(text: str, form: Any, stats: Any) -> str:
             f"syllables {syl} · {stats.seconds:.1f} s")
 
 
-def _convert_note(model: str | None) -> None:
-    from poetwb.core import bundled
-
-    if (model is None or model in bundled.BUNDLED_ALIASES) and not bundled.is_converted():
-        _eprint("converting the bundled model to safetensors, once (~40 s)…")
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from poetwb.core import generate, models
 
@@ -125,7 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = args.model
     if model is None and args.adapter:  # a run's adapter goes with the base model that run trained
         model = _runs_base([models.resolve_adapter(args.adapter, allow_pickle=args.allow_pickle)])
-    _convert_note(model)
+    _convert_bundled_with_progress(model or "bundled")
     loaded = models.load(model, args.adapter, trust_remote_code=args.trust_remote_code,
                          allow_pickle=args.allow_pickle, dtype=args.dtype)
     layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
@@ -307,26 +300,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from poetwb.console import StepsView
     from poetwb.core import evaluate, runs
 
+    form = _form(args)  # checked before anything slow
+    if form is not None and not args.metrics:
+        raise PoetError("--form measures generated poems: add --metrics")
     _convert_bundled_with_progress(runs.read_config(runs.open_run(args.run)).model)
     with StepsView("held-out loss") as view:
         result: dict[str, Any] = {"loss": evaluate.evaluate_run(args.run, batch_size=args.batch_size,
                                                                  progress=view)}
     if args.metrics:
         prompts = evaluate.load_prompts(args.prompts)
-        with StepsView("poetic metrics") as view:
+        with StepsView("poetic metrics" + (f" ({form.name})" if form else "")) as view:
             result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens,
-                                                        progress=view)
+                                                        progress=view, form=form, candidates=args.candidates)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     from rich.console import Console
 
-    from poetwb.render import loss_table, metrics_table
+    from poetwb.render import form_table, loss_table, metrics_table
 
     console = Console()
     console.print(loss_table(result["loss"], f"held-out loss (perplexity), run {args.run}"))
     if "metrics" in result:
         console.print(metrics_table(result["metrics"]))
+        if form is not None:
+            console.print(form_table(result["metrics"]))
     return 0
 
 
@@ -369,7 +367,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PoetError(f"compare up to four fine-tuned runs at once, got {len(args.adapter)}")
     adapters = [models.resolve_adapter(a) for a in args.adapter]
     model = args.model or _runs_base(adapters)
-    _convert_note(model)
+    _convert_bundled_with_progress(model or "bundled")
     loaded = models.load(model, adapters=adapters, dtype=args.dtype)
     names = generate.adapter_names(loaded)
     layout = [None, *names]
@@ -487,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="a prompts TOML (default: assets/prompts.toml)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
+    _form_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 

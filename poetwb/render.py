@@ -61,3 +61,21 @@ def metrics_table(result: dict[str, Any], title: str = "poetic metrics", caption
         label = "poet" if name.startswith("poet") else name
         table.add_row(label, *["" if row.get(k) is None else f"{row[k]:.2f}" for k, _ in METRIC_COLUMNS])
     return table
+
+
+FORM_COLUMNS = [("exact_lines", "exact lines"), ("rhyme_pairs_held", "rhymes held"),
+                ("syllables_within_one", "syllables ±1"), ("seconds_per_poem", "s/poem")]
+
+
+def form_table(result: dict[str, Any]) -> Table:
+    """How well base and tuned kept the form: shares of poems with exactly its lines, of required rhyme pairs that
+    rhyme, of lines within one syllable of their target (metrics.form_report's checker), and seconds per poem."""
+    table = _table(f"form: {result['form']}, k = {result['candidates']}")
+    table.add_column("", no_wrap=True)
+    for _, short in FORM_COLUMNS:
+        table.add_column(short, justify="right", no_wrap=True)
+    for name in ("base", "tuned"):
+        row = result["table"][name]
+        table.add_row(name, *[f"{row[k]:.1f}" if k == "seconds_per_poem" else f"{row[k]:.0%}"
+                              for k, _ in FORM_COLUMNS])
+    return table

@@ -94,6 +94,23 @@ def test_generate_with_a_run_uses_the_base_model_that_run_trained(tiny_train_con
     assert bundled.is_converted() == converted  # the bundled model was not touched
 
 
+def test_eval_metrics_in_a_form_reports_how_well_the_form_held(tiny_train_config, capsys):
+    from poetwb.core import runs
+    from poetwb.core.config import TrainConfig
+    from poetwb.core.train_job import run_job
+
+    folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "fm")
+    assert run_job(folder) == "finished"
+    assert main(["eval", "fm", "--form", "haiku"]) == 1
+    assert "add --metrics" in capsys.readouterr().err
+    assert main(["eval", "fm", "--metrics", "--form", "haiku", "-k", "2", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["metrics"]["table"]
+    for row in (table["base"], table["tuned"]):
+        assert row["exact_lines"] == 1.0 and row["seconds_per_poem"] > 0  # every poem has its three lines
+        assert 0 <= row["syllables_within_one"] <= 1
+    assert (folder / "metrics-haiku.json").is_file()
+
+
 def test_a_pickle_only_adapter_is_refused_before_any_weights_load(tmp_path, capsys):
     adapter = tmp_path / "pickled"
     adapter.mkdir()
