@@ -295,6 +295,11 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+DEFAULT_PRESET = "poet"
+"""The workbench's starting preset: the recipe that makes a poet (assets/presets/poet.toml, README "The poet
+preset"); cpu-quick stays for smoke runs and tests."""
+
+
 def preset_names() -> list[str]:
     from poetwb.core.paths import assets_dir
 

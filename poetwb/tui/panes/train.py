@@ -51,10 +51,11 @@ class TrainPane(Vertical):
         self.error_text = ""
 
     def compose(self) -> ComposeResult:
-        from poetwb.core.config import preset_names
+        from poetwb.core.config import DEFAULT_PRESET, preset_names
 
         with Horizontal(classes="row"):
-            yield Select([(n, n) for n in preset_names()], value="cpu-quick", allow_blank=False, id="preset")
+            yield Select([(n, n) for n in preset_names()], value=DEFAULT_PRESET, allow_blank=False,
+                         id="preset")
             yield Button("Start", id="start", variant="success")
             yield Button("Cancel", id="cancel", variant="error")
             yield Button("Resume", id="resume")
@@ -82,7 +83,9 @@ class TrainPane(Vertical):
     def on_mount(self) -> None:
         self.query_one("#runs-table", DataTable).add_columns("run", "state", "stage", "step",
                                                              "val loss (start → end)", "error")
-        self.fill_from_preset("cpu-quick")
+        from poetwb.core.config import DEFAULT_PRESET
+
+        self.fill_from_preset(DEFAULT_PRESET)
         self.query_one("#train-progress", ProgressBar).update(total=1, progress=0)  # idle, not "indeterminate"
         self.query_one("#eval-progress-row").display = False
         self.set_error("")
