@@ -1,20 +1,22 @@
 """Poems with form: a form is a rhyme scheme plus syllables per line, and this module writes one line at a time.
 
 Why its own machinery: sampling alone almost never lands a sonnet from a 135M model (Deep-speare, Lau et al. 2018,
-and Hafez, Ghazvininejad et al. 2016, both add rhyme and metre on top of the language model). The method, chosen by
-measurement (see README "Poems with form"):
+and Hafez, Ghazvininejad et al. 2016, both add rhyme and metre on top of the language model). The method (README
+"Poems with form" has its measured figures):
 
 1. Plan: each line gets a syllable range and a rhyme letter; spaces in the scheme are stanza breaks.
 2. For each line, k candidates are sampled in **one batched generate call** that reuses the poem's KV cache. A
-   syllable-aware logits processor forbids a newline before the line's minimum and, once the maximum is reached,
-   allows only punctuation, a newline or the rest of the word being spelled. End-of-text and chat end tokens are
-   forbidden, so the poem cannot stop before the form is complete.
+   syllable-aware logits processor forbids a newline until the line is at most one syllable short of its minimum
+   (the score then weighs the shortfall) and, once the maximum is reached, allows only punctuation, a newline or the
+   rest of the word being spelled. End-of-text and chat end tokens are forbidden, so the poem cannot stop before
+   the form is complete.
 3. Lines that must rhyme also get rhymed variants: each candidate's last word is swapped for a CMU rhyme of its
    partner (single-token words of the model's vocabulary, same syllable count), all scored by the model in one
    batched forward pass. Naturally rhyming candidates compete with the variants on the same footing.
 4. The best candidate is kept by `rank_key`: first whether a required rhyme holds, then whether the syllable count
-   is within one of the range, then the model's mean log-probability minus 1 per syllable off and 2 for an end
-   word already used — so the line stays the model's own wherever the form allows.
+   is within one of the range, then `score_line`'s score — the model's mean log-probability less documented
+   penalties (syllables off, a repeated or weak end word, …) — so the line stays the model's own wherever the form
+   allows.
 
 Everything here works for the base and any tuned model alike, so side-by-side columns compare voices under one form.
 """
@@ -396,11 +398,11 @@ def _syllable_processor(tokenizer: Any, classes: TokenClasses, start: int, targe
     from transformers import LogitsProcessor
 
     lo, hi = target
+    ban = classes.special | classes.blocked | classes.spaces
 
     class SyllableProcessor(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            ban = (classes.special | classes.blocked | classes.spaces).to(scores.device)
-            scores = scores.masked_fill(ban, float("-inf"))
+            scores = scores.masked_fill(ban.to(scores.device), float("-inf"))
             for row in range(input_ids.shape[0]):
                 text = tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
                 s_lo, s_hi = syllable_range(text)
