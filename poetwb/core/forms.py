@@ -443,6 +443,7 @@ class FormStats:
     syllables_in_range: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
+    """Time spent writing this poem (prefill and lines), not the time other columns took in between."""
 
 
 class _Context:
@@ -639,6 +640,8 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         text += "\n\n" if form.lines[len(prefilled) - 1].stanza_end else "\n"
     ids = tokenizer(text, add_special_tokens=_adds_bos(tokenizer, text)).input_ids
     ctx = _Context(model, ids)
+    # seconds count only this poem's own work: the columns of a comparison write their lines in turn
+    stats.seconds += time.perf_counter() - started
     partners = form.partners()
     ends: list[str] = []
     for i, line in enumerate(prefilled):
@@ -651,6 +654,7 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
     for i in range(len(prefilled), len(form.lines)):
         if stop.is_set():
             return
+        started = time.perf_counter()
         spec = form.lines[i]
         p = partners[i]
         partner_word = ends[p] if p is not None and ends[p] else None
@@ -674,7 +678,7 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         stats.rhymes_required += p is not None
         stats.rhymes_held += bool(best_score.rhymed)
         stats.syllables_in_range += best_score.miss == 0
-        stats.seconds = time.perf_counter() - started
+        stats.seconds += time.perf_counter() - started
         yield PoemLine(i, best.text, spec, best_score.syllables, best_score.rhymed, len(cands))
 
 
