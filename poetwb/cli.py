@@ -140,7 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for _, chunk in chunks:
         text += chunk
         print(chunk, end="", flush=True)
-    print()
+    if not text.endswith("\n"):  # a form's last line brings its own newline
+        print()
     if form is not None:
         _eprint(_form_line(text, form, stats[0]))
     elif args.verbose:
