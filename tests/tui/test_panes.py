@@ -103,8 +103,8 @@ def _kill(folder: Path) -> None:
 
 async def _use_corpus(app, pilot, path: Path) -> None:
     """Pick a local corpus in the Data pane, as a user would (the pane announces its choice to the app)."""
-    for _ in range(100):  # the Data pane mounts lazily after the first frame
-        if app.query("#corpus-kind"):
+    for _ in range(600):  # the Data pane mounts lazily after the first frame, its Select's parts just after
+        if app.query("#corpus-kind #label"):
             break
         await pilot.pause(0.05)
     app.query_one("#corpus-kind", Select).value = "local"
