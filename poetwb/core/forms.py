@@ -626,6 +626,8 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
 
     import torch
 
+    from poetwb.core.generate import TallHead
+
     if not 1 <= candidates <= MAX_CANDIDATES:
         raise PoetError(f"candidates per line must be in 1..{MAX_CANDIDATES}, got {candidates}")
     stop = cancel or threading.Event()
@@ -659,11 +661,13 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         p = partners[i]
         partner_word = ends[p] if p is not None and ends[p] else None
         same_letter = {ends[j] for j in range(i) if form.lines[j].rhyme == spec.rhyme}
-        cands = _sample_candidates(model, tokenizer, ctx, spec, k, sampling, classes, stop)
-        if stop.is_set():
-            return
-        if partner_word is not None:
-            cands += _rhymed_variants(model, tokenizer, ctx, cands, partner_word, same_letter | set(ends), classes)
+        with TallHead(model):  # a no-op inside generate.columns, which holds one for the whole comparison
+            cands = _sample_candidates(model, tokenizer, ctx, spec, k, sampling, classes, stop)
+            if stop.is_set():
+                return
+            if partner_word is not None:
+                cands += _rhymed_variants(model, tokenizer, ctx, cands, partner_word, same_letter | set(ends),
+                                          classes)
         used = set(ends)
         opens_rhyme = p is None and any(s.rhyme == spec.rhyme for s in form.lines[i + 1:])
         pool = classes.words if opens_rhyme else None

@@ -127,7 +127,7 @@ def stream_rows(
     def run() -> None:
         try:
             torch.manual_seed(sampling.seed)
-            with torch.inference_mode():
+            with torch.inference_mode(), TallHead(model):
                 model.generate(
                     **enc, **kwargs, **extra, streamer=_Streamer(), stopping_criteria=StoppingCriteriaList([_Cancel()])
                 )
@@ -207,28 +207,78 @@ def generate(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool 
 
 
 class RowMask:
-    """Which rows of a batch each loaded adapter applies to: forward hooks on every LoRA up-projection multiply
-    that adapter's delta by 0 on the other rows, so a row with no adapter is exactly the base model.
+    """Which rows of a batch each loaded adapter applies to, on one copy of the base weights.
 
-    This is what peft's mixed-adapter batches compute, without their per-layer sub-batch indexing (2x slower than
-    two sequential calls on a 2-core CPU). Every adapter of the model is active at once; `rows` sets the batch's
-    layout (one entry per row: an adapter name or None) and `whole` makes every row of any batch use one adapter
-    (or none), for form generation whose batches vary in size.
+    For the time of a generation every LoRA linear layer gets a lean forward: the base layer, then one product with
+    all adapters' A matrices stacked (rank r1+…+rN), a 0/1 mask per row and rank component, and one product with the
+    B matrices side by side. Per layer and decode step that is three small kernels whatever the number of adapters,
+    instead of peft's module calls per adapter (its mixed-batch sub-batch indexing is 2x slower than two sequential
+    calls on a 2-core CPU). A row whose mask is 0 adds an exact zero, so it is exactly the base model; with one
+    adapter (or adapters of one scale) a tuned row is computed in peft's own order.
+
+    `rows` sets the batch's layout (one entry per row: an adapter name or None); `whole` makes every row of any
+    batch use one adapter (or none: the base layers alone), for form generation whose batches vary in size.
+    Layers this cannot handle (DoRA and other variants, embeddings, a merged adapter) keep peft's forward with a
+    row mask multiplied into their output.
     """
+
+    LEAN = True
+    """False keeps peft's forward on every layer (with the output mask): the path before, for benchmarks."""
 
     def __init__(self, model: Any, names: list[str]) -> None:
         self.model = model
         self.names = names
-        self.masks: dict[str, Any] = {}
+        params = next(model.parameters())
+        self.device, self.dtype = params.device, params.dtype
+        self.masks: dict[str, Any] = {}  # fallback hooks: adapter -> row mask, or 0./1. for the whole batch
+        self.rank_masks: dict[tuple[int, ...], Any] = {}  # fast layers, by their ranks per adapter
+        self.patched: list[Any] = []
         self.hooks: list[Any] = []
+        self._layout: list[str | None] | str | None = None
         if names:
             model.base_model.set_adapter(names) if len(names) > 1 else model.set_adapter(names[0])
-        for name in names:
-            found = [m for n, m in model.named_modules() if n.endswith(f"lora_B.{name}")]
-            if not found:
-                raise PoetError(f"the adapter {name} has no LoRA layers to compare against the base model")
-            for module in found:
-                self.hooks.append(module.register_forward_hook(self._hook(name)))
+        used: set[str] = set()
+        for layer in [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]:
+            present = [n for n in names if n in layer.lora_A]
+            used.update(present)
+            if not present:
+                continue
+            if self.LEAN and _lean_ok(layer, present):
+                self._patch(layer, present)
+            else:
+                for n in present:
+                    self.hooks.append(layer.lora_B[n].register_forward_hook(self._hook(n)))
+        missing = [n for n in names if n not in used]
+        if missing:
+            raise PoetError(f"the adapter {missing[0]} has no LoRA layers to compare against the base model")
+
+    def _patch(self, layer: Any, present: list[str]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        ranks = tuple(layer.lora_A[n].out_features if n in present else 0 for n in self.names)
+        scales = {layer.scaling[n] for n in present}
+        one_scale = len(scales) == 1
+        a_all = torch.cat([layer.lora_A[n].weight for n in present], dim=0)
+        # one shared scale goes after the B product, as in peft; different scales are folded into B
+        b_all = torch.cat([layer.lora_B[n].weight * (1.0 if one_scale else layer.scaling[n]) for n in present], dim=1)
+        scale = scales.pop() if one_scale else 1.0
+        base, masks = layer.base_layer, self.rank_masks
+
+        def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+            result = base(x, *args, **kwargs)
+            mask = masks.get(ranks)
+            if mask is None:
+                return result
+            u = F.linear(x.to(a_all.dtype), a_all)
+            if mask.dim() == 2:  # one row of the mask per batch row
+                mask = mask.view(mask.shape[0], *([1] * (u.dim() - 2)), mask.shape[1])
+            delta = F.linear(u * mask, b_all) * scale
+            return (result + delta).to(result.dtype)
+
+        layer.forward = forward
+        self.patched.append(layer)
+        self.rank_masks.setdefault(ranks, None)
 
     def _hook(self, name: str) -> Any:
         def apply(module: Any, args: Any, output: Any) -> Any:
@@ -240,19 +290,94 @@ class RowMask:
             return output * mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
         return apply
 
+    def _components(self, ranks: tuple[int, ...], name: str | None) -> list[float]:
+        return [float(n == name) for n, r in zip(self.names, ranks, strict=True) for _ in range(r)]
+
     def rows(self, layout: list[str | None]) -> None:
         import torch
 
-        device = next(self.model.parameters()).device
-        self.masks = {n: torch.tensor([float(r == n) for r in layout], device=device) for n in self.names}
+        self.masks = {n: torch.tensor([float(r == n) for r in layout], device=self.device) for n in self.names}
+        for ranks in self.rank_masks:
+            self.rank_masks[ranks] = torch.tensor([self._components(ranks, r) for r in layout],
+                                                  device=self.device, dtype=self.dtype)
 
     def whole(self, name: str | None) -> None:
+        import torch
+
         self.masks = {n: float(n == name) for n in self.names}
+        for ranks in self.rank_masks:
+            self.rank_masks[ranks] = None if name is None else torch.tensor(
+                self._components(ranks, name), device=self.device, dtype=self.dtype)
 
     def close(self) -> None:
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
+        for layer in self.patched:
+            del layer.forward
+        self.patched.clear()
+
+
+def _lean_ok(layer: Any, present: list[str]) -> bool:
+    """Whether a peft LoRA layer is plain LoRA on a linear layer, unmerged, in eval: what RowMask's lean forward
+    computes."""
+    import torch
+
+    variants = getattr(layer, "lora_variant", {})
+    return (
+        type(layer).__name__ == "Linear"
+        and not getattr(layer, "merged_adapters", [])
+        and not any(n in variants for n in present)
+        and all(isinstance(layer.lora_A[n], torch.nn.Linear) and layer.lora_A[n].bias is None
+                and layer.lora_B[n].bias is None and not layer.lora_A[n].training for n in present)
+    )
+
+
+class TallHead:
+    """The output projection (hidden -> vocabulary logits) computed as W @ hᵀ while a decode step has few rows.
+
+    x @ Wᵀ with a tall W (49k x 576 for SmolLM2) and 1-16 rows takes a slow small-M GEMM path on CPUs: measured
+    here at 2-4x the time of the same product as W @ hᵀ, and the head is about a fifth of a small model's weights.
+    Same numbers up to float rounding order; prefill and training keep the plain layer. A context manager: the
+    layer's own forward comes back on exit. Nested uses are no-ops.
+    """
+
+    MAX_ROWS = 16
+
+    def __init__(self, model: Any) -> None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.head = head if _is_plain_linear(head) and "forward" not in vars(head) else None
+
+    def __enter__(self) -> TallHead:
+        import torch.nn.functional as F
+
+        head = self.head
+        if head is None or next(iter(head.parameters())).device.type != "cpu":
+            self.head = None
+            return self
+        weight, bias, limit = head.weight, head.bias, self.MAX_ROWS
+
+        def forward(h: Any) -> Any:
+            rows = h.reshape(-1, h.shape[-1])
+            if rows.shape[0] > limit:
+                return F.linear(h, weight, bias)
+            out = (weight @ rows.t()).t()
+            if bias is not None:
+                out = out + bias
+            return out.reshape(*h.shape[:-1], weight.shape[0])
+
+        head.forward = forward
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.head is not None:
+            vars(self.head).pop("forward", None)
+
+
+def _is_plain_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and type(module) is torch.nn.Linear
 
 
 def adapter_names(loaded: Any) -> list[str]:
@@ -279,6 +404,7 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
     if unknown:
         raise PoetError(f"no adapter named {unknown[0]!r} is loaded")
     mask = RowMask(loaded.model, adapter_names(loaded))
+    head = TallHead(loaded.model).__enter__()
     own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats
     try:
         if form is None:
@@ -304,6 +430,7 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
                 # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
                 yield c, end if line.prefilled else line.text + end
     finally:
+        head.__exit__()
         mask.close()
 
 

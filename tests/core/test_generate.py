@@ -78,3 +78,49 @@ def test_closing_the_stream_early_stops_generation(gpt2):
     import threading
 
     assert not [t for t in threading.enumerate() if t.name == "poetwb-generate"]
+
+
+@pytest.mark.parametrize("kind,targets", [("gpt2", ["c_attn", "c_fc"]), ("llama", ["q_proj", "down_proj"])])
+def test_row_mask_rows_give_each_row_exactly_its_own_model(tiny_models, tmp_path, kind, targets):
+    """The lean LoRA forward used for side-by-side rows: a base row is bit-identical to the plain base model, and
+    a tuned row matches peft's own forward for that adapter (two adapters of different scales on the same layers,
+    GPT-2's Conv1D layers included); closing it puts peft's forward back."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tiny_models[kind]
+    folders = []
+    for i, alpha in enumerate((16, 64)):
+        torch.manual_seed(i)
+        m = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4 + 4 * i, lora_alpha=alpha, target_modules=targets, init_lora_weights=False))
+        m.save_pretrained(tmp_path / f"a{i}")
+        folders.append(tmp_path / f"a{i}")
+    loaded = models.load(str(base_dir), adapters=folders)
+    plain = models.load(str(base_dir)).model
+    ids = loaded.tokenizer(["The sea is blue"] * 3, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        want = [plain(ids[:1]).logits[0]]
+        for name in ("a1", "a2"):
+            loaded.model.set_adapter(name)
+            want.append(loaded.model(ids[:1]).logits[0])
+        mask = generate.RowMask(loaded.model, ["a1", "a2"])
+        try:
+            assert mask.patched and not mask.hooks
+            mask.rows([None, "a1", "a2"])
+            got = loaded.model(ids).logits
+            mask.whole("a2")
+            whole = loaded.model(ids[:1]).logits[0]
+            mask.whole(None)
+            none = loaded.model(ids[:1]).logits[0]
+        finally:
+            mask.close()
+        loaded.model.set_adapter("a1")
+        after = loaded.model(ids[:1]).logits[0]
+    assert torch.equal(got[0], want[0]) and torch.equal(none, want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole, want[2], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(want[1], want[0]) and not torch.allclose(want[2], want[1])
+    assert torch.equal(after, want[1])  # peft's own forward again

@@ -50,3 +50,35 @@ def test_a_sonnet_on_the_bundled_model_has_fourteen_rhyming_lines(capsys):
     report = metrics.form_report(out, forms.make_form("sonnet"))
     assert report["rhymes_held"] >= 5 and report["within_one"] >= 12, report
     assert "ABAB CDCD EFEF GG" in err
+
+
+def test_the_fast_side_by_side_path_decodes_what_plain_generate_decodes(tmp_path):
+    """Greedy, the bundled model: poetwb's one-pass columns (lean LoRA rows, tall output head) give the same tokens
+    as transformers' own generate on the base model and on peft's model with the adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = bundled.ensure_converted()
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    for module in tuned.modules():  # a small random adapter: changes the poem, keeps it fluent
+        if hasattr(module, "lora_B"):
+            for b in module.lora_B.values():
+                torch.nn.init.normal_(b.weight, std=0.02)
+    tuned.save_pretrained(tmp_path / "adapter")
+    loaded = models.load(None, adapter=tmp_path / "adapter", dtype="fp32")
+    s = SamplingConfig(temperature=0, max_new_tokens=32, repetition_penalty=1.0)
+    texts = ["", ""]
+    for col, chunk in generate.columns(loaded, "The sea is blue, the sky is red", s, [None, "default"]):
+        texts[col] += chunk
+    enc = loaded.tokenizer("The sea is blue, the sky is red", return_tensors="pt")
+    want = []
+    with torch.inference_mode():
+        with loaded.model.disable_adapter():
+            want.append(loaded.model.generate(**enc, do_sample=False, max_new_tokens=32))
+        want.append(loaded.model.generate(**enc, do_sample=False, max_new_tokens=32))
+    n = enc["input_ids"].shape[1]
+    assert texts == [loaded.tokenizer.decode(w[0, n:], skip_special_tokens=True) for w in want]
+    assert texts[0] != texts[1]

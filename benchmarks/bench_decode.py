@@ -1,0 +1,150 @@
+"""Decoding speed, measured side by side in one process: the figures of issue 10's table as ratios.
+
+On the bundled model with a run's adapter (or the bundled model alone, with a fresh random adapter, when no run is
+given), every path decodes the same prompt with the report's sampling (0.7 / 0.95 / 1.1) for a fixed number of
+tokens (end of text is held off with min_new_tokens, so every row runs every step):
+- plain transformers `generate` on the base model alone, one row (the reference),
+- poetwb's one-pass side by side (base row + tuned row in one batch) and two sequential calls (base, then tuned),
+  each with the lean path (lean LoRA row mask + tall output head) and with the path before it (peft's forward with
+  an output mask, the plain head),
+- a batch of 8 rows of the tuned model against one row (form generation's k candidates).
+The paths are interleaved and repeated; the best of the repeats counts (the least disturbed by other processes).
+Then `poetwb generate` end to end in a fresh process (32 tokens, cached model), and the import time alone.
+Prints figures; asserts nothing.
+
+Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sweep import cpu_header
+
+PROMPT = "The sea is blue, the sky is red"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run", nargs="?", help="a run whose adapter is the tuned model (default: a random adapter)")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    args = parser.parse_args()
+
+    import torch
+
+    from poetwb.core import generate, models
+    from poetwb.core.config import SamplingConfig
+
+    print(cpu_header(), flush=True)
+    adapter = args.run or random_adapter()
+    loaded = models.load("bundled", adapter=adapter, dtype=args.dtype)
+    plain = models.load("bundled", dtype=args.dtype)
+    dtype = next(loaded.model.parameters()).dtype
+    name = generate.adapter_names(loaded)[-1]
+    n = args.tokens
+    s = SamplingConfig(max_new_tokens=n, seed=0, temperature=0.7, top_p=0.95, repetition_penalty=1.1)
+    for m in (loaded.model, plain.model):
+        m.generation_config.min_new_tokens = n  # every row runs all n steps
+    print(f"bundled model, adapter {adapter}, {dtype}, {n} new tokens per row, best of {args.repeats}", flush=True)
+
+    def columns(layout: list[str | None]) -> float:
+        t = time.perf_counter()
+        for _ in generate.columns(loaded, PROMPT, s, layout):
+            pass
+        return time.perf_counter() - t
+
+    def plain_generate() -> float:
+        enc = plain.tokenizer(PROMPT, return_tensors="pt")
+        kw = generate.generate_kwargs(plain.tokenizer, plain.model, s)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            plain.model.generate(**enc, **kw)
+        return time.perf_counter() - t
+
+    def with_path(lean: bool, fn: object) -> object:
+        def run() -> float:
+            generate.RowMask.LEAN = lean
+            generate.TallHead.MAX_ROWS = 16 if lean else 0
+            try:
+                return fn()  # type: ignore[operator]
+            finally:
+                generate.RowMask.LEAN, generate.TallHead.MAX_ROWS = True, 16
+        return run
+
+    paths = {
+        "plain generate, base, 1 row": plain_generate,
+        "one pass, lean": with_path(True, lambda: columns([None, name])),
+        "one pass, before": with_path(False, lambda: columns([None, name])),
+        "two calls, lean": with_path(True, lambda: columns([None]) + columns([name])),
+        "two calls, before": with_path(False, lambda: columns([None]) + columns([name])),
+        "tuned 1 row, lean": with_path(True, lambda: columns([name])),
+        "tuned 8 rows, lean": with_path(True, lambda: columns([name] * 8)),
+        "tuned 8 rows, before": with_path(False, lambda: columns([name] * 8)),
+    }
+    columns([None, name])  # warm-up
+    best = {k: float("inf") for k in paths}
+    for _ in range(args.repeats):
+        for key, fn in paths.items():
+            best[key] = min(best[key], fn())
+    for key, sec in best.items():
+        rows = 8 if "8 rows" in key else 2 if "one pass" in key or "two calls" in key else 1
+        steps = n * (2 if "two calls" in key else 1)
+        print(f"{key:30} {sec:6.2f} s  {sec / steps * 1000:6.0f} ms/step  {rows * n / sec:6.1f} tokens/s, all rows",
+              flush=True)
+    print(f"side by side, tokens/s per column (lean): {n / best['one pass, lean']:.1f} "
+          f"(before: {n / best['one pass, before']:.1f}; plain generate, one model, one row: "
+          f"{n / best['plain generate, base, 1 row']:.1f})")
+    print(f"one pass / two sequential calls, time: {best['one pass, lean'] / best['two calls, lean']:.2f}x "
+          f"(before: {best['one pass, before'] / best['two calls, before']:.2f}x)")
+    print(f"batch of 8 / one row, time per step, adapter on: "
+          f"{best['tuned 8 rows, lean'] / best['tuned 1 row, lean']:.2f}x")
+    print(f"lean / before: one pass {best['one pass, lean'] / best['one pass, before']:.2f}x, "
+          f"8 rows {best['tuned 8 rows, lean'] / best['tuned 8 rows, before']:.2f}x", flush=True)
+    end_to_end(32)
+
+
+def end_to_end(tokens: int) -> None:
+    """`poetwb generate` in a fresh process, cached model; and `import poetwb.cli` alone."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    runs = []
+    for _ in range(2):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens)],
+                       env=env, check=True, capture_output=True)
+        runs.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import poetwb.cli"], env=env, check=True)
+    imports = time.perf_counter() - t
+    print(f"poetwb generate end to end, {tokens} tokens: {min(runs):.1f} s (python + import poetwb.cli alone: "
+          f"{imports:.1f} s)", flush=True)
+
+
+def random_adapter() -> str:
+    """A LoRA adapter on the bundled model with random B (so it changes the output), all linear layers, r 16."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from poetwb.core import models
+
+    _, folder = models.resolve("bundled")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    out = Path(tempfile.mkdtemp(prefix="poetwb-bench-")) / "adapter"
+    model.save_pretrained(out)
+    return str(out)
+
+
+if __name__ == "__main__":
+    main()
