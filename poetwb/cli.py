@@ -282,7 +282,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from poetwb.core.bench import bench_train, format_report
 
-    result = bench_train(args.model, args.poets.split(",") if args.poets else None, args.tokens)
+    result = bench_train(args.model, args.poets.split(",") if args.poets else None, args.tokens,
+                         profile=args.profile)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -513,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", default="bundled")
     p.add_argument("--poets", help="bundled poets (default shakespeare)")
     p.add_argument("--tokens", type=int, default=4096, help="useful training tokens per leg")
+    p.add_argument("--profile", action="store_true", help="also print where a training step's time goes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench)
     return parser

@@ -25,6 +25,8 @@ class Leg:
     useful_tokens: int
     seconds: float
     held_out_loss: float
+    peak_rss_mb: float | None = None
+    """Peak resident memory of the process while this leg trained (sampled; None where /proc is missing)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -42,6 +44,42 @@ def matmul_peak(dtype_name: str, n: int = 1024, reps: int = 3) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+class PeakMemory:
+    """The process's peak resident memory during a block, sampled every 20 ms from /proc (Linux); a separate
+    figure per block, unlike ru_maxrss which only grows."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss_mb(self) -> float | None:
+        import os
+
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            rss = self._rss_mb()
+            if rss is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, rss)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb = self._rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
@@ -65,28 +103,33 @@ def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stag
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
-    from poetwb.core.train_job import target_modules, training_args
+    from poetwb.core.lean_loss import trainer_class
+    from poetwb.core.train_job import target_modules, training_args, use_bf16
 
     torch.manual_seed(cfg.seed)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    ours = cfg.packing  # the report's leg is the plain Trainer in fp32; poetwb's is what the training job runs
+    weights = torch.bfloat16 if ours and use_bf16(cfg.precision) else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
     lora = cfg.lora
     model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=target_modules(cfg, base.config.model_type),
                                             task_type="CAUSAL_LM"))
     args = training_args(stage, out_dir, cfg.precision, cfg.seed, evaluate=False)
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator)
+    trainer = (trainer_class() if ours else Trainer)(model=model, args=args, train_dataset=train_ds,
+                                                     data_collator=collator)
     trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
     return Leg(name, trainer.state.global_step, int(trainer.state.num_input_tokens_seen), seconds,
-               held_out_loss(model, held_out))
+               held_out_loss(model, held_out), memory.peak_mb)
 
 
 def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_tokens: int = 4096,
-                seed: int = 42) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+                seed: int = 42, profile: bool = False) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from poetwb.core import data, models
     from poetwb.core.config import CorpusSpec
@@ -102,20 +145,21 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
         split["train"])
 
     report_cfg = TrainConfig(model=model, packing=False, precision="fp32", seed=seed)
+    recipe_tokens_per_step = 2 * 4 * min(mean_len, 512)
     report_stage = StageConfig(batch_size=2, grad_accum=4, seq_len=512, learning_rate=1e-4,
-                               max_steps=max(1, math.ceil(budget_tokens / (8 * min(mean_len, 512)))))
+                               max_steps=max(1, math.ceil(budget_tokens / recipe_tokens_per_step)))
     ours_cfg = TrainConfig(model=model, seed=seed)
-    ours_stage = StageConfig(batch_size=8, grad_accum=1, seq_len=256, learning_rate=1e-4,
+    # the same learning rate per useful token: it scales with the larger batch (the linear scaling rule)
+    ours_lr = 1e-4 * (8 * 256) / recipe_tokens_per_step
+    ours_stage = StageConfig(batch_size=8, grad_accum=1, seq_len=256, learning_rate=ours_lr,
                              max_steps=max(1, math.ceil(budget_tokens / (8 * 256))))
-    from transformers import AutoModelForCausalLM
-
     base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out)
+    packed = data.pack(tokenizer, split["train"], 256)
     with tempfile.TemporaryDirectory() as tmp:
         a = train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
                        data.pad_each(tokenizer, split["train"], 512), held_out, Path(tmp) / "a")
-        packed = data.pack(tokenizer, split["train"], 256)
-        b = train_leg("poetwb default (packed 256, batch 8)", path, tokenizer, ours_cfg, ours_stage, packed,
-                       held_out, Path(tmp) / "b")
+        b = train_leg(f"poetwb (packed 256, batch 8, lr {ours_lr:.1e})", path, tokenizer, ours_cfg, ours_stage,
+                      packed, held_out, Path(tmp) / "b")
     from poetwb.core.train_job import use_bf16
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
@@ -127,7 +171,50 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
         "speedup": b.tokens_per_s / a.tokens_per_s if a.tokens_per_s else float("nan"),
         "precision": precision, "matmul_peak_gflops": peak,
         "share_of_peak": 4 * params * b.tokens_per_s / (peak * 1e9),
+        "profile": profile_step(path, ours_cfg, packed) if profile else None,
     }
+
+
+def profile_step(base_path: Path, cfg: TrainConfig, packed: Any, batch: int = 8, steps: int = 2) -> list[dict]:
+    """Where one training step of poetwb's leg spends its time: torch's profiler over `steps` steps after a
+    warm-up, the operators with the most self CPU time."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM
+
+    from poetwb.core import lean_loss
+    from poetwb.core.train_job import target_modules, use_bf16
+
+    weights = torch.bfloat16 if use_bf16(cfg.precision) else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
+    lora = cfg.lora
+    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=target_modules(cfg, base.config.model_type),
+                                            task_type="CAUSAL_LM"))
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    backbone, head = lean_loss.parts(model) or (None, None)
+    ids = torch.tensor(packed["input_ids"][:batch])
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg.precision)):
+            if backbone is None:
+                loss = model(input_ids=ids, labels=ids).loss
+            else:
+                loss = lean_loss.causal_lm_loss(backbone(input_ids=ids)[0], ids, head)
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps} for e in events[:12]]
 
 
 def poems_or_default(poets: list[str] | None) -> list[str]:
@@ -138,9 +225,19 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"model {result['model']} ({result['params'] / 1e6:.0f}M params), budget ~{result['budget_tokens']} "
              f"useful tokens, held-out loss before training {result['base_held_out_loss']:.3f}"]
     for leg in result["legs"]:
+        memory = f"{leg['peak_rss_mb']:6.0f} MB peak RSS" if leg.get("peak_rss_mb") else ""
         lines.append(f"  {leg['name']:45} {leg['steps']:4d} steps  {leg['useful_tokens']:6d} useful tokens  "
-                     f"{leg['tokens_per_s']:7.1f} useful tok/s  held-out loss {leg['held_out_loss']:.3f}")
-    lines.append(f"  poetwb / report: {result['speedup']:.2f}x useful tokens/s")
+                     f"{leg['tokens_per_s']:7.1f} useful tok/s  held-out loss {leg['held_out_loss']:.3f}  {memory}")
+    a, b = result["legs"]
+    lines.append(f"  poetwb / report: {result['speedup']:.2f}x useful tokens/s; held-out loss "
+                 f"{b['held_out_loss']:.3f} vs {a['held_out_loss']:.3f} "
+                 f"({'at most' if b['held_out_loss'] <= a['held_out_loss'] else 'above'} the recipe's)")
     lines.append(f"  poetwb uses {result['share_of_peak'] * 100:.1f}% of this CPU's measured {result['precision']} "
-                 f"matmul peak ({result['matmul_peak_gflops']:.0f} GFLOP/s; 4 x params x tokens/s)")
+                 f"matmul peak ({result['matmul_peak_gflops']:.0f} GFLOP/s; 4 x params x tokens/s: forward, "
+                 "and a backward pass without weight gradients for the frozen base)")
+    if result.get("profile"):
+        lines.append("  where a training step's time goes (torch profiler, self CPU time):")
+        for row in result["profile"]:
+            lines.append(f"    {row['op'][:48]:48} {row['self_ms_per_step']:8.1f} ms/step {row['share']:6.1%} "
+                         f"{row['calls_per_step']:7.0f} calls")
     return "\n".join(lines)

@@ -141,7 +141,10 @@ class Job:
             log.info("instructions: %d pairs (%d malformed dropped)", report.pairs, report.dropped_malformed)
         self.phase("loading the model")
         torch.manual_seed(cfg.seed)
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
+        # frozen base weights in bf16 where bf16 is native (half the memory, native matmuls); LoRA weights and
+        # their optimizer state stay fp32 (peft keeps adapters in fp32). fp32 where bf16 would be emulated.
+        weights = torch.bfloat16 if use_bf16(cfg.precision) else torch.float32
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=weights, use_safetensors=True)
         base.config.pad_token_id = tokenizer.pad_token_id
         targets = target_modules(cfg, base.config.model_type)
         self.status(model_id=model_id, targets=targets)
@@ -215,14 +218,16 @@ class Job:
     def _train(self, stage: int, model: Any, tokenizer: Any, s: StageConfig, train_ds: Any,
                eval_sets: dict[str, Any]) -> bool:
         """Train one stage; save its adapter atomically. False when cancelled."""
-        from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+        from transformers import DataCollatorForSeq2Seq, PrinterCallback
+
+        from poetwb.core.lean_loss import trainer_class
 
         ckpt_dir = self.folder / "checkpoints" / f"stage{stage}"
         args = training_args(s, ckpt_dir, self.config.precision, self.config.seed, self.world_size)
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
         callback = _RunCallback(self, stage)
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets["val"],
-                          data_collator=collator, callbacks=[callback])
+        trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets["val"],
+                                  data_collator=collator, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # our callback reports; no dicts on stdout
         resume = runs.last_checkpoint(self.folder, stage)
         self.status(stage=stage, step=0 if resume is None else int(resume.name.split("-")[-1]))

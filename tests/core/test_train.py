@@ -272,3 +272,19 @@ def test_keep_best_needs_checkpoints_at_evaluations():
 
     with pytest.raises(PoetError, match="multiple of eval_steps"):
         StageConfig(keep_best=True, eval_steps=20, save_steps=50)
+
+
+def test_bench_train_compares_both_legs_and_profiles_a_step(tiny_models):
+    """`poetwb bench train` on a tiny model: both legs train on the same poems and are scored on the same
+    held-out blocks; poetwb's leg uses the lean loss, its memory is measured and a step's profile is printed."""
+    import math
+
+    from poetwb.core import bench
+
+    result = bench.bench_train(str(tiny_models["llama"]), budget_tokens=2048, profile=True)
+    a, b = result["legs"]
+    assert a["steps"] >= 1 and b["steps"] >= 1
+    assert all(math.isfinite(leg["held_out_loss"]) and leg["peak_rss_mb"] > 0 for leg in (a, b))
+    assert "lr" in b["name"] and result["profile"] and any(r["op"].startswith("aten::") for r in result["profile"])
+    text = bench.format_report(result)
+    assert "poetwb / report" in text and "where a training step's time goes" in text and "MB peak RSS" in text
