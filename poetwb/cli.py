@@ -526,6 +526,13 @@ def cmd_poems_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from poetwb.serve import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from poetwb.tui.app import PoetApp
 
@@ -593,6 +600,10 @@ EXAMPLES: dict[str, str] = {
   poetwb poems export 3 5 8 -o my-poems/             one Markdown file per poem in a folder
   poetwb poems export --search Dickinson --one-file -o dickinson.md""",
     "poems delete": "example:\n  poetwb poems delete 3 4 -y",
+    "serve": """examples:
+  poetwb serve                             then open the printed http://127.0.0.1:8000/?token=… URL
+  ssh -L 8000:127.0.0.1:8000 gpu-box 'poetwb serve'   a remote training box, through an SSH tunnel
+  poetwb serve --host 0.0.0.0 --port 8080  on the LAN (prints a warning: plain http)""",
 }
 
 
@@ -715,6 +726,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_bench)
 
     _poems_parser(sub)
+
+    p = sub.add_parser("serve", help="serve the workbench to a web browser (one app per tab, access token in the URL)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on; anything but loopback is reachable from other machines")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 
