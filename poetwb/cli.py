@@ -791,9 +791,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--seed", type=int, default=d.seed, help="same seed and settings, same poem")
 
 
+def _posix() -> bool:
+    return os.name == "posix"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not _posix():  # os.kill(pid, 0) would end a training job on Windows, and fcntl is missing there
+        _eprint("error: native Windows is not supported yet (the run lock and process checks are POSIX); "
+                "run poetwb in WSL2")
+        return 1
     if args.command is not None:
         _quiet_libraries()
     try:

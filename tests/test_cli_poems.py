@@ -168,3 +168,12 @@ def test_help_shows_defaults_but_not_empty_ones(capsys):
     assert "(default: 0.95)" in text and "(default: free)" in text and "(default: auto)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "examples: poetwb generate -p" in text
+
+
+def test_native_windows_is_refused_with_one_line_before_anything_runs(monkeypatch, capsys):
+    import poetwb.cli
+
+    monkeypatch.setattr(poetwb.cli, "_posix", lambda: False)
+    assert main(["poems", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "native Windows is not supported yet" in err and "WSL2" in err and err.count("\n") == 1
