@@ -657,7 +657,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="two-stage LoRA fine-tune (stage 1: corpus, stage 2: instructions)")
     p.add_argument("config", nargs="?", help="a TOML config (as written to a run's config.toml)")
-    p.add_argument("--preset", help="start from a preset in assets/presets (cpu-quick, report-a, report-b, report-c)")
+    p.add_argument("--preset", help="start from a preset in assets/presets: poet, cpu-quick, report-a/b/c")
     p.add_argument("-m", "--model", help="base model: bundled (default), a hub id or a local folder")
     p.add_argument("--corpus", help="bundled | PATH (.txt/.md/folder/.jsonl/.csv/.parquet) | hf:DATASET_ID")
     p.add_argument("--poets", help="bundled poets, comma-separated (default shakespeare)")
