@@ -445,7 +445,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _poem_ids(values: list[str]) -> list[int]:
     ids = []
     for v in values:
-        if not v.isdigit():
+        if not (v.isascii() and v.isdigit()):
             raise PoetError(f"{v!r} is not a poem id (a whole number, as `poetwb poems list` shows)")
         ids.append(int(v))
     return ids

@@ -117,6 +117,7 @@ def test_poems_export_one_file_renders_cleanly(tmp_path, capsys):
     (["poems", "export", "--search", "nothing like it", "-o", "x"], "no poems to export match"),
     (["poems", "delete", "1", "42", "43"], "no poem with id 42, 43 in the library"),
     (["poems", "delete", "1", "-2"], "is not a poem id"),
+    (["poems", "delete", "²"], "is not a poem id"),
 ])
 def test_bad_poem_ids_are_one_line_errors_and_nothing_changes(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
