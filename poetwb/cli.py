@@ -128,11 +128,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     lead = "" if args.instruct else args.prompt
     if args.json:
         text = lead + "".join(chunk for _, chunk in chunks)
+        saved = _save_poems(args, [(text, loaded.adapter)], loaded.model_id, sampling, form) if args.save else []
         print(json.dumps({
             "schema": 1, "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
             "prompt": args.prompt, "mode": "instruct" if args.instruct else "raw", "text": text,
             "form": form.describe() if form else "free", "scheme": form.scheme if form else None,
-            **stats[0].to_dict(), "sampling": sampling.to_dict(),
+            **stats[0].to_dict(), "sampling": sampling.to_dict(), **({"saved_id": saved[0]} if saved else {}),
         }, indent=2))
         return 0
     print(lead, end="", flush=True)
@@ -146,7 +147,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _eprint(_form_line(text, form, stats[0]))
     elif args.verbose:
         _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s ({stats[0].reason})")
+    if args.save:
+        (pid,) = _save_poems(args, [(text, loaded.adapter)], loaded.model_id, sampling, form)
+        _eprint(f"saved as poem {pid} in the library (`poetwb poems list`)")
     return 0
+
+
+def _save_poems(args: argparse.Namespace, texts: list[tuple[str, Any]], model: str, sampling: Any,
+                form: Any) -> list[int]:
+    """Keep generated poems in the library with their provenance; returns their ids. Empty poems are an error."""
+    from poetwb.core.library import Library, Poem
+
+    lib = Library()
+    try:
+        ids = []
+        for text, adapter in texts:
+            poem = Poem(text=text.strip("\n"), prompt=args.prompt, model=model,
+                        mode="instruct" if args.instruct else "raw", adapter=str(adapter) if adapter else "",
+                        sampling=sampling.to_dict(), seed=sampling.seed, form=form.describe() if form else "")
+            ids.append(lib.add(poem).id)
+        return ids
+    finally:
+        lib.close()
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -381,9 +403,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         texts[col] += chunk
     lead = "" if args.instruct else args.prompt
     texts = [lead + t for t in texts]
+    saved: dict[int, int] = {}
+    if args.save:
+        keep = [i for i in range(len(texts)) if args.save == "both" or (i == 0) == (args.save == "base")]
+        ids = _save_poems(args, [(texts[i], [None, *adapters][i]) for i in keep], loaded.model_id, sampling, form)
+        saved = dict(zip(keep, ids, strict=True))
     if args.json:
-        cols = [{"label": label, "adapter": str(a) if a else None, "text": t, **st.to_dict()}
-                for label, a, t, st in zip(labels, [None, *adapters], texts, stats, strict=True)]
+        cols = [{"label": label, "adapter": str(a) if a else None, "text": t, **st.to_dict(),
+                 **({"saved_id": saved[i]} if i in saved else {})}
+                for i, (label, a, t, st) in enumerate(zip(labels, [None, *adapters], texts, stats, strict=True))]
         print(json.dumps({"schema": 1, "prompt": args.prompt, "model": loaded.model_id,
                           "mode": "instruct" if args.instruct else "raw",
                           "form": form.describe() if form else "free", "columns": cols,
@@ -402,6 +430,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if form is not None:
         for label, text, st in zip(labels, texts, stats, strict=True):
             _eprint(f"{label}: {_form_line(text, form, st)}")
+    for i, pid in saved.items():
+        _eprint(f"saved the poem of {labels[i]} as poem {pid} in the library")
     return 0
 
 
@@ -410,6 +440,97 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = build_report(args.run, Path(args.output), evaluate=not args.no_eval)
     print(path)
+    return 0
+
+
+def _poem_ids(values: list[str]) -> list[int]:
+    ids = []
+    for v in values:
+        if not (v.isascii() and v.isdigit()):
+            raise PoetError(f"{v!r} is not a poem id (a whole number, as `poetwb poems list` shows)")
+        ids.append(int(v))
+    return ids
+
+
+def cmd_poems_list(args: argparse.Namespace) -> int:
+    from poetwb.core.library import Library, describe_adapter
+
+    lib = Library()
+    try:
+        poems = lib.search(args.search or "")
+    finally:
+        lib.close()
+    if args.json:
+        print(json.dumps([p.to_dict() for p in poems], indent=2, ensure_ascii=False))
+        return 0
+    if not poems:
+        print("no poems match" if args.search else
+              "no poems yet; keep one with `poetwb generate -p '…' --save` or Save in the Compare pane")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Poems ({len(poems)})", title_justify="left")
+    for col in ("id", "saved", "from", "form", "first line"):
+        table.add_column(col, justify="right" if col == "id" else "left", overflow="fold")
+    for p in poems:
+        table.add_row(str(p.id), p.created.replace("T", " ")[:16], describe_adapter(p.adapter).replace(
+            "none (base model)", "base"), p.form.split(":")[0] if p.form else "free", p.title)
+    Console().print(table)
+    return 0
+
+
+def cmd_poems_export(args: argparse.Namespace) -> int:
+    from poetwb.core.library import Library, export_markdown, export_markdown_file
+
+    lib = Library()
+    try:
+        matching = lib.search(args.search or "")  # newest first
+        if args.ids:  # in the order given; unknown ids are an error
+            found = {p.id for p in matching}
+            poems = [p for p in lib.get_exactly(_poem_ids(args.ids)) if p.id in found]
+        else:
+            poems = matching[::-1]  # oldest first, as they were written
+    finally:
+        lib.close()
+    if not poems:
+        raise PoetError("no poems to export" + (f" match {args.search!r}" if args.search else
+                                               "; keep some with `poetwb generate … --save`"))
+    out = Path(args.output)
+    if args.one_file and out.suffix.lower() in {".md", ".markdown"}:
+        written = [export_markdown_file(poems, out)]
+    else:
+        written = export_markdown(poems, out, one_file=args.one_file)
+    for path in written:
+        print(path)
+    _eprint(f"exported {len(poems)} poem{'s' * (len(poems) != 1)} to {len(written)} file"
+            f"{'s' * (len(written) != 1)}")
+    return 0
+
+
+def cmd_poems_delete(args: argparse.Namespace) -> int:
+    from poetwb.core.library import Library
+
+    ids = _poem_ids(args.ids)
+    lib = Library()
+    try:
+        lib.get_exactly(ids)  # unknown ids: an error before anything is asked or deleted
+        if not args.yes and sys.stdin.isatty():
+            answer = input(f"delete poem{'s' * (len(ids) != 1)} {', '.join(map(str, ids))}? [y/N] ")
+            if answer.strip().lower() not in {"y", "yes"}:
+                print("kept")
+                return 1
+        n = lib.delete(ids, strict=True)
+    finally:
+        lib.close()
+    print(f"deleted {n} poem{'s' * (n != 1)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from poetwb.serve import serve
+
+    serve(args.host, args.port)
     return 0
 
 
@@ -423,8 +544,91 @@ def cmd_tui(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help says its default (when it has a meaningful one); examples in the epilog keep their
+    line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == [] or default == argparse.SUPPRESS
+                or "%(default)" in text or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with poetwb's help formatter, also for every subcommand's parser."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+EXAMPLES: dict[str, str] = {
+    "": """examples:
+  poetwb                                   open the workbench
+  poetwb generate -p "The sea is blue, the sky is red"
+  poetwb train --preset cpu-quick          a two-stage fine-tune of the bundled model in a few minutes
+  poetwb poems list                        the poems you kept""",
+    "models": "example:\n  poetwb models --json --path ~/models/my-gpt2",
+    "download": "example:\n  poetwb download openai-community/gpt2",
+    "generate": """examples:
+  poetwb generate -p "The sea is blue, the sky is red"
+  poetwb generate -a RUN --instruct -p "Write a poem about the sea" --save
+  poetwb generate --form sonnet -t 0.8 --seed 7 -p "Shall I compare thee to a winter's night?\"""",
+    "train": """examples:
+  poetwb train --preset cpu-quick
+  poetwb train --preset report-a --poets shakespeare,hopkins --detach
+  poetwb train my.toml --corpus ~/poems/ --instructions synth --max-steps 200
+  poetwb train --resume RUN""",
+    "runs": "examples:\n  poetwb runs --json\n  poetwb runs delete RUN -y",
+    "runs delete": "example:\n  poetwb runs delete 20261130-smollm2-ab12 -y",
+    "cancel": "example:\n  poetwb cancel RUN --wait 30",
+    "eval": "examples:\n  poetwb eval RUN\n  poetwb eval RUN --metrics --form sonnet --json",
+    "compare": """examples:
+  poetwb compare -a RUN -p "Write a poem about the sea" --instruct
+  poetwb compare -a RUN -a RUN2 --form limerick -p "A cat sat" --save both""",
+    "report": "example:\n  poetwb report RUN -o report.md",
+    "bench": "example:\n  poetwb bench train --tokens 2048 --json",
+    "poems": """examples:
+  poetwb poems list --search sea
+  poetwb poems export --one-file -o poems.md
+  poetwb poems delete 3 4""",
+    "poems list": "examples:\n  poetwb poems list\n  poetwb poems list --search sonnet --json",
+    "poems export": """examples:
+  poetwb poems export --one-file -o poems.md          every poem, oldest first, in one file
+  poetwb poems export 3 5 8 -o my-poems/             one Markdown file per poem in a folder
+  poetwb poems export --search Dickinson --one-file -o dickinson.md""",
+    "poems delete": "example:\n  poetwb poems delete 3 4 -y",
+    "serve": """examples:
+  poetwb serve                             then open the printed http://127.0.0.1:8000/?token=… URL
+  ssh -L 8000:127.0.0.1:8000 gpu-box 'poetwb serve'   a remote training box, through an SSH tunnel
+  poetwb serve --host 0.0.0.0 --port 8080  on the LAN (prints a warning: plain http)""",
+}
+
+
+def _finish_help(parser: argparse.ArgumentParser, name: str = "") -> None:
+    """Give every command its example (EXAMPLES) and, where missing, a description (its one-line help)."""
+    if name in EXAMPLES and not parser.epilog:
+        parser.epilog = EXAMPLES[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for sub_name, sub_parser in action.choices.items():
+                if not sub_parser.description:
+                    sub_parser.description = helps.get(sub_name)
+                _finish_help(sub_parser, f"{name} {sub_name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _build_parser()
+    _finish_help(parser)
+    return parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
         prog="poetwb", description="A terminal poetry workbench. With no command, opens the workbench."
     )
     parser.add_argument("--version", action="version", version=f"poetwb {__version__}")
@@ -448,12 +652,13 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     _form_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object when done instead of streaming")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--save", action="store_true", help="keep the poem in the library with its provenance")
+    p.add_argument("-v", "--verbose", action="store_true", help="say how many tokens and how fast, on stderr")
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("train", help="two-stage LoRA fine-tune (stage 1: corpus, stage 2: instructions)")
     p.add_argument("config", nargs="?", help="a TOML config (as written to a run's config.toml)")
-    p.add_argument("--preset", help="start from a preset in assets/presets (cpu-quick, report-a, report-b, report-c)")
+    p.add_argument("--preset", help="start from a preset in assets/presets: poet, cpu-quick, report-a/b/c")
     p.add_argument("-m", "--model", help="base model: bundled (default), a hub id or a local folder")
     p.add_argument("--corpus", help="bundled | PATH (.txt/.md/folder/.jsonl/.csv/.parquet) | hf:DATASET_ID")
     p.add_argument("--poets", help="bundled poets, comma-separated (default shakespeare)")
@@ -461,63 +666,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poet-filter", help="keep poems whose poet column contains this")
     p.add_argument("--instructions", help="synth | none | local:PATH.jsonl | conversations:PATH_OR_DATASET_ID")
     p.add_argument("--max-steps", type=int, help="cap both stages at this many optimizer steps")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed for data splits, LoRA init and shuffling "
+                   "(default: the preset's)")
     p.add_argument("--run-id", help="name the run (default: date-model-random)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--detach", action="store_true", help="train in a background process and return")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("runs", help="list training runs; `runs delete RUN` removes one")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_runs)
     runs_sub = p.add_subparsers(dest="runs_command", metavar="ACTION")
     d = runs_sub.add_parser("delete", help="delete a run with its adapters and checkpoints (refused while it runs)")
-    d.add_argument("run")
+    d.add_argument("run", help="the run id, as `poetwb runs` lists it")
     d.add_argument("-y", "--yes", action="store_true", help="do not ask (asked only when stdin is a terminal)")
     d.set_defaults(handler=cmd_runs_delete)
 
     p = sub.add_parser("cancel", help="stop a running job cleanly (keeps its checkpoint)")
-    p.add_argument("run")
+    p.add_argument("run", help="the run id, as `poetwb runs` lists it")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it to stop")
     p.set_defaults(handler=cmd_cancel)
 
     p = sub.add_parser("eval", help="held-out loss/perplexity before and after each stage; poetic metrics")
-    p.add_argument("run")
+    p.add_argument("run", help="the run id, as `poetwb runs` lists it")
     p.add_argument("--metrics", action="store_true", help="also generate for a prompt set and measure poetry")
     p.add_argument("--prompts", help="a prompts TOML (default: assets/prompts.toml)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per generated poem (--metrics)")
+    p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass for the held-out loss")
     _form_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("compare", help="base vs up to four fine-tuned runs side by side (one copy of the weights)")
     p.add_argument("-m", "--model", default=None, help="base model (default: the one the runs trained)")
     p.add_argument("-a", "--adapter", required=True, action="append",
                    help="a run id or adapter folder; repeat for up to four runs")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--instruct", action="store_true")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="weights dtype (auto: bf16 where the hardware has it natively)")
+    p.add_argument("-p", "--prompt", required=True, help="first line to continue, or a request with --instruct")
+    p.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction (chat template)")
     _form_args(p)
     _sampling_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object when done")
+    p.add_argument("--save", choices=["base", "tuned", "both"],
+                   help="keep the base poem, every run's poem, or all of them in the library")
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="write a Markdown report of a run")
-    p.add_argument("run")
-    p.add_argument("-o", "--output", default="report.md")
+    p.add_argument("run", help="the run id, as `poetwb runs` lists it")
+    p.add_argument("-o", "--output", default="report.md", help="the Markdown file to write")
     p.add_argument("--no-eval", action="store_true", help="do not compute missing eval/metrics")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=["train"], help="train: the report's recipe vs poetwb's default")
-    p.add_argument("-m", "--model", default="bundled")
+    p.add_argument("-m", "--model", default="bundled", help="base model: bundled, a hub id or a local folder")
     p.add_argument("--poets", help="bundled poets (default shakespeare)")
     p.add_argument("--tokens", type=int, default=4096, help="useful training tokens per leg")
     p.add_argument("--profile", action="store_true", help="also print where a training step's time goes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_bench)
+
+    _poems_parser(sub)
+
+    p = sub.add_parser("serve", help="serve the workbench to a web browser (one app per tab, access token in the URL)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on; anything but loopback is reachable from other machines")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    p.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _poems_parser(sub: Any) -> None:
+    p = sub.add_parser("poems", help="the poem library from scripts: list, export to Markdown, delete")
+    p.set_defaults(handler=cmd_poems_list, search=None, json=False)  # `poetwb poems` alone lists them
+    poems_sub = p.add_subparsers(dest="poems_command", metavar="ACTION")
+    d = poems_sub.add_parser("list", help="list saved poems, newest first")
+    d.add_argument("--search", metavar="Q", help="only poems whose text, prompt, model, run or form contains Q")
+    d.add_argument("--json", action="store_true", help="every poem with its provenance as JSON")
+    d.set_defaults(handler=cmd_poems_list)
+    d = poems_sub.add_parser("export", help="write poems to Markdown (renders the same in CommonMark and on GitHub)")
+    d.add_argument("ids", nargs="*", metavar="ID", help="poem ids to export (default: every poem, oldest first)")
+    d.add_argument("--search", metavar="Q", help="only poems whose text, prompt, model, run or form contains Q")
+    d.add_argument("-o", "--output", required=True, metavar="PATH",
+                   help="a folder (one file per poem, or poems.md with --one-file), or a .md file with --one-file")
+    d.add_argument("--one-file", action="store_true", help="all the poems in one Markdown file")
+    d.set_defaults(handler=cmd_poems_export)
+    d = poems_sub.add_parser("delete", help="delete poems by id (an unknown id deletes nothing)")
+    d.add_argument("ids", nargs="+", metavar="ID", help="poem ids, as `poetwb poems list` shows them")
+    d.add_argument("-y", "--yes", action="store_true", help="do not ask (asked only when stdin is a terminal)")
+    d.set_defaults(handler=cmd_poems_delete)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -545,17 +783,27 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     from poetwb.core.config import SamplingConfig
 
     d = SamplingConfig()
-    p.add_argument("-t", "--temperature", type=float, default=d.temperature, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
-    p.add_argument("-n", "--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("-s", "--seed", type=int, default=d.seed)
+    p.add_argument("-t", "--temperature", type=float, default=d.temperature,
+                   help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling: keep this much probability mass")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keep only the k likeliest tokens; 0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help="> 1 discourages repeating tokens; 1 = off")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens to generate at most")
+    p.add_argument("-s", "--seed", type=int, default=d.seed, help="same seed and settings, same poem")
+
+
+def _posix() -> bool:
+    return os.name == "posix"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not _posix():  # os.kill(pid, 0) would end a training job on Windows, and fcntl is missing there
+        _eprint("error: native Windows is not supported yet (the run lock and process checks are POSIX); "
+                "run poetwb in WSL2")
+        return 1
     if args.command is not None:
         _quiet_libraries()
     try:

@@ -406,9 +406,13 @@ def torch_dtype(name: str, device: str = "cpu") -> Any:
 
 
 def pick_device() -> str:
+    """CUDA when torch sees a GPU, else Apple's MPS where this torch build has it and the Mac offers it, else CPU."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
 
 
 def resolve_adapter(adapter: str | Path, allow_pickle: bool = False) -> Path:

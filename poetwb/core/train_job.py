@@ -278,10 +278,11 @@ def use_bf16(precision: str) -> bool:
 def training_args(s: StageConfig, output_dir: Path, precision: str, seed: int, world_size: int = 1,
                   evaluate: bool = True) -> Any:
     """TrainingArguments for one stage: LoRA-friendly defaults, bf16 only where the hardware has it natively."""
-    import torch
     from transformers import TrainingArguments
 
-    cpu = not torch.cuda.is_available()
+    from poetwb.core.models import pick_device
+
+    cpu = pick_device() == "cpu"  # the Trainer uses CUDA or Apple's MPS by itself when it is not told use_cpu
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=s.batch_size,

@@ -127,3 +127,19 @@ def test_adapter_directory_without_config_is_refused(tiny_gpt2, tmp_path):
 def test_adapter_by_unknown_run_id_is_refused(tiny_gpt2):
     with pytest.raises(PoetError, match="does not exist"):
         models.load(str(tiny_gpt2), adapter="no-such-run")
+
+
+@pytest.mark.parametrize(("cuda", "mps", "expected"), [(True, True, "cuda"), (False, True, "mps"),
+                                                      (False, False, "cpu")])
+def test_the_device_is_cuda_then_apple_mps_then_cpu(cuda, mps, expected, monkeypatch, tmp_path):
+    import torch
+
+    from poetwb.core.config import StageConfig
+    from poetwb.core.models import pick_device
+    from poetwb.core.train_job import training_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device() == expected
+    if expected != "cuda":  # what the Trainer is told: the CPU only when there is no GPU of either kind
+        assert training_args(StageConfig(), tmp_path, "fp32", 0).use_cpu == (expected == "cpu")

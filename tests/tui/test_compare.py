@@ -156,8 +156,10 @@ async def test_seeds_and_prompts_are_checked_before_anything_runs(tiny_models, s
         assert not [w for w in app.workers if w.group == "generate"]
         app.query_one("#seed", Input).value = "3"
         await pilot.click("#generate")
-        await settle(pilot)
+        await pilot.pause()
+        # checked before the generation ends: a notification lives 5 s, and a loaded machine takes longer
         assert any("no fine-tuned run picked" in m for m in notes(app))
+        await settle(pilot)
         assert [c.title_text for c in columns(app)] == ["base model"] and columns(app)[0].text
         app.query_one("#compare-prompt", Input).value = "   "
         await pilot.click("#generate")
