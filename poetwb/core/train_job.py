@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +110,13 @@ class Job:
         return self.cancelled
 
     # --- the pipeline ---
-    def run(self) -> str:
+    def run(self) -> runs.RunState:
         import torch
 
         from poetwb.core import models
 
         cfg = self.config
-        self.status(state="running", pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
+        self.status(state=runs.RunState.RUNNING, pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
                     started=runs.now_iso(), error="", cause="", phase="starting")
         self.plan = {k: int(v) for k, v in (runs.read_status(self.folder).get("plan") or {}).items()}
         if cfg.model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():
@@ -163,7 +163,7 @@ class Job:
         if train1:
             peft_model = self._new_lora(base, targets)
             if not self._train(1, peft_model, tokenizer, cfg.stage1, train_ds, {"val": val_ds}):
-                return "cancelled"
+                return runs.RunState.CANCELLED
         if train2:
             assert pair_split is not None
             if peft_model is not None:
@@ -179,10 +179,10 @@ class Job:
             sets = self._stage2_data(tokenizer, pair_split)
             if not self._train(2, peft_model, tokenizer, cfg.stage2, sets["train"],
                                {"val": sets["val"], "test": sets["test"]}):
-                return "cancelled"
-        self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1),
-                    phase="")
-        return "finished"
+                return runs.RunState.CANCELLED
+        self.status(state=runs.RunState.FINISHED, finished=runs.now_iso(),
+                    elapsed_s=round(time.monotonic() - self.started, 1), phase="")
+        return runs.RunState.FINISHED
 
     def _new_lora(self, base: Any, targets: list[str] | str) -> Any:
         from peft import LoraConfig, get_peft_model
@@ -231,7 +231,7 @@ class Job:
                                                               if resume else ""))
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if callback.cancelled:
-            self.status(state="cancelled", cancelled=runs.now_iso(), phase="")
+            self.status(state=runs.RunState.CANCELLED, cancelled=runs.now_iso(), phase="")
             return False
         for name, ds in eval_sets.items():
             if name == "val":
@@ -326,7 +326,7 @@ class _RunCallback(TrainerCallback):
         self.last = (time.monotonic(), state.num_input_tokens_seen)
         self.job.plan[str(self.stage)] = state.max_steps  # the Trainer's exact count replaces the estimate
         first = f"stage {self.stage}: measuring val loss before training" if args.eval_on_start else self.training
-        self.job.phase(first, stage=self.stage, total_steps=state.max_steps, state="running",
+        self.job.phase(first, stage=self.stage, total_steps=state.max_steps, state=runs.RunState.RUNNING,
                        plan=dict(self.job.plan))
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -374,11 +374,19 @@ class _RunCallback(TrainerCallback):
         self.job.metric(record)
 
 
-def _setup_logging(folder: Path) -> None:
+_LOGGERS = ("poetwb", "transformers.trainer")
+
+
+@contextlib.contextmanager
+def _job_logging(folder: Path) -> Iterator[None]:
+    """log.txt gets the details while the job runs; the handler goes when it ends, so one process running two jobs
+    (tests, a notebook) never writes the second job's lines into the first job's log.txt."""
     handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("poetwb", "transformers.trainer"):
+    before = []
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
+        before.append((logger, logger.level, logger.propagate))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # log.txt gets the details; the terminal gets our progress lines
@@ -387,10 +395,19 @@ def _setup_logging(folder: Path) -> None:
 
     hf_logging.disable_progress_bar()
     disable_progress_bars()  # "Writing model shards" bars on checkpoint saves would tear the CLI's progress bar
+    try:
+        yield
+    finally:
+        for logger, level, propagate in before:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        handler.close()
 
 
-def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float = 15.0) -> str:
-    """Run (or resume) the job in this process. Returns the final state; errors land in status.json."""
+def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float = 15.0) -> runs.TrainResult:
+    """Run (or resume) the job in this process: the only writer of the run's status.json. Returns a TrainResult
+    (finished or cancelled); a failure is written to status.json and raised as a one-line PoetError."""
     rank, _ = world()
     lock = exclusive_lock(folder / ".lock", timeout=lock_timeout) if rank == 0 else contextlib.nullcontext()
     try:
@@ -398,26 +415,32 @@ def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float 
     except BlockingIOError as exc:
         pid = runs.read_status(folder).get("pid")
         raise PoetError(f"run {folder.name!r} is already running (pid {pid}); wait for it or cancel it") from exc
+    logs = _job_logging(folder) if rank == 0 else contextlib.nullcontext()
     try:
-        if rank == 0:
-            (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
-            _setup_logging(folder)
-        job = Job(folder, observer=observer)
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
-            if _main_thread() else None
-        try:
-            return job.run()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-    except BaseException as exc:
-        state, message, cause = _describe_failure(exc)
-        if rank == 0:
-            runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso(), phase="")
-            logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
-        if isinstance(exc, PoetError | KeyboardInterrupt):
-            raise
-        raise PoetError(message) from exc
+        with logs:
+            try:
+                if rank == 0:
+                    (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
+                job = Job(folder, observer=observer)
+                previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
+                    if _main_thread() else None
+                try:
+                    state = job.run()
+                finally:
+                    if previous is not None:
+                        signal.signal(signal.SIGTERM, previous)
+            except BaseException as exc:
+                state, message, cause = _describe_failure(exc)
+                if rank == 0:
+                    runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso(),
+                                       phase="")
+                    logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
+                if isinstance(exc, PoetError | KeyboardInterrupt):
+                    raise
+                raise PoetError(message) from exc
+        status = runs.read_run_status(folder)
+        return runs.TrainResult(folder.name, state, status.error, status.cause, dict(status.eval_loss),
+                                round(time.monotonic() - job.started, 1))
     finally:
         lock.__exit__(None, None, None)
 
@@ -428,17 +451,19 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _describe_failure(exc: BaseException) -> tuple[str, str, str]:
+def _describe_failure(exc: BaseException) -> tuple[runs.RunState, str, str]:
     import torch
 
+    from poetwb.core.errors import first_line
+
+    failed = runs.RunState.FAILED
     if isinstance(exc, KeyboardInterrupt):
-        return "cancelled", "interrupted by the user", "cancelled"
+        return runs.RunState.CANCELLED, "interrupted by the user", "cancelled"
     if isinstance(exc, PoetError):
-        return "failed", str(exc), "bad input"
+        return failed, str(exc), "bad input"
     if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
-        return "failed", "out of memory: lower batch_size or seq_len, or pick a smaller model", "out of memory"
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return "failed", f"{type(exc).__name__}: {first}", "internal error (see log.txt)"
+        return failed, "out of memory: lower batch_size or seq_len, or pick a smaller model", "out of memory"
+    return failed, first_line(exc, 300), "internal error (see log.txt)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,11 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        state = run_job(Path(args[0]).resolve())
+        result = run_job(Path(args[0]).resolve())
     except PoetError as exc:
         print(f"poetwb: error: {exc}", file=sys.stderr)
         return 1
-    return 0 if state == "finished" else 3
+    return 0 if result.ok else 3
 
 
 if __name__ == "__main__":
