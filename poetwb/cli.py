@@ -125,9 +125,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stats: list[Any] = []
     chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
                               stats=stats)
+    from poetwb.core.text import SafeStream, safe_text
+
     lead = "" if args.instruct else args.prompt
     if args.json:
-        text = lead + "".join(chunk for _, chunk in chunks)
+        text = safe_text(lead + "".join(chunk for _, chunk in chunks))
         print(json.dumps({
             "schema": 1, "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
             "prompt": args.prompt, "mode": "instruct" if args.instruct else "raw", "text": text,
@@ -135,11 +137,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             **stats[0].to_dict(), "sampling": sampling.to_dict(),
         }, indent=2))
         return 0
+    stream = SafeStream()  # a model's escape sequences and carriage returns never reach the terminal
+    lead = stream.feed(lead)
     print(lead, end="", flush=True)
     text = lead
     for _, chunk in chunks:
-        text += chunk
-        print(chunk, end="", flush=True)
+        piece = stream.feed(chunk)
+        text += piece
+        print(piece, end="", flush=True)
+    piece = stream.end()
+    text += piece
+    print(piece, end="", flush=True)
     if not text.endswith("\n"):  # a form's last line brings its own newline
         print()
     if form is not None:
@@ -389,8 +397,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for col, chunk in generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
                                        stats=stats):
         texts[col] += chunk
+    from poetwb.core.text import safe_text
+
     lead = "" if args.instruct else args.prompt
-    texts = [lead + t for t in texts]
+    texts = [safe_text(lead + t) for t in texts]
     if args.json:
         cols = [{"label": label, "adapter": str(a) if a else None, "text": t, **st.to_dict()}
                 for label, a, t, st in zip(labels, [None, *adapters], texts, stats, strict=True)]

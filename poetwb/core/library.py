@@ -3,6 +3,7 @@ and Markdown export that keeps the verse's line breaks and its punctuation as wr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -15,6 +16,7 @@ from typing import Any
 from poetwb.core import paths
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_write_text
+from poetwb.core.text import safe_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS poems (
@@ -73,6 +75,8 @@ class Library:
         self.db.close()
 
     def add(self, poem: Poem) -> Poem:
+        """Save a poem; its text and prompt are made terminal-safe first (core.text.safe_text)."""
+        poem.text, poem.prompt = safe_text(poem.text), safe_text(poem.prompt)
         if not poem.text.strip():
             raise PoetError("nothing to save: the poem is empty")
         created = dt.datetime.now().isoformat(timespec="seconds")
@@ -94,7 +98,9 @@ class Library:
             like = f"%{query.strip()}%"
             args = (like, like, like, like, like)
         rows = self.db.execute(sql + " ORDER BY id DESC", args).fetchall()
-        return [Poem(id=r[0], created=r[1], text=r[2], prompt=r[3], mode=r[4], model=r[5], adapter=r[6],
+        # rows saved by an older version may hold control characters: what is read is made safe too
+        return [Poem(id=r[0], created=r[1], text=safe_text(r[2]), prompt=safe_text(r[3]), mode=r[4],
+                     model=r[5], adapter=r[6],
                      sampling=json.loads(r[7] or "{}"), seed=r[8], form=r[9]) for r in rows]
 
     def get(self, ids: Iterable[int]) -> list[Poem]:
@@ -130,6 +136,7 @@ def escape_verse(text: str) -> str:
 
 
 def to_markdown(poem: Poem) -> str:
+    poem = dataclasses.replace(poem, text=safe_text(poem.text), prompt=safe_text(poem.prompt))
     meta = {
         "title": poem.title, "created": poem.created, "prompt": poem.prompt, "mode": poem.mode,
         "model": poem.model, "adapter": poem.adapter or "(base model)", "form": poem.form or "free verse",

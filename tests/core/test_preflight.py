@@ -18,8 +18,10 @@ def _config(**parts) -> TrainConfig:
     [
         ({"stage1": {"learning_rate": 5}}, "stage 1 learning rate must be < 1, got 5"),
         ({"stage2": {"batch_size": 0}}, "stage 2 batch size must be >= 1, got 0"),
-        ({"stage2": {"max_steps": "abc"}}, "stage 2 max steps (stage2.max_steps) must be a whole number (int), got 'abc' (str)"),
-        ({"stage1": {"learning_rate": True}}, "stage 1 learning rate (stage1.learning_rate) must be a number (float), got True (bool)"),
+        ({"stage2": {"max_steps": "abc"}}, "stage 2 max steps (stage2.max_steps) must be a whole number (int), "
+                                           "got 'abc' (str)"),
+        ({"stage1": {"learning_rate": True}}, "stage 1 learning rate (stage1.learning_rate) must be a number "
+                                              "(float), got True (bool)"),
         ({"lora": {"r": 0}}, "LoRA rank must be >= 1, got 0"),
         ({"seed": "x"}, "seed must be a whole number (int), got 'x' (str)"),
     ],

@@ -347,9 +347,12 @@ class ComparePane(Vertical):
             self.post_message(GenerationEnded(gen, stats, first_line(exc)))
 
     def shown(self, index: int) -> str:
-        """A model column's whole poem as shown: in raw mode the prompt is its first line."""
+        """A model column's whole poem as shown, voted on and saved: in raw mode the prompt is its first line. No
+        control character a model emits reaches the screen or the library (core.text.safe_text)."""
+        from poetwb.core.text import safe_text
+
         text = self.cols[index].text
-        return self.last["prompt"] + text if self.last.get("mode") == "raw" else text.strip("\n")
+        return safe_text(self.last["prompt"] + text if self.last.get("mode") == "raw" else text.strip("\n"))
 
     @on(ColumnChunk)
     def add_chunk(self, event: ColumnChunk) -> None:
