@@ -20,6 +20,7 @@ from textual.widgets import Button, Input, Label, Select, SelectionList, Switch
 
 from poetwb.tui.widgets.poem_column import PoemColumn
 from poetwb.tui.widgets.slider import Slider
+from poetwb.tui.workers import WorkerErrors
 
 MAX_RUNS = 4
 SEED_MAX = 2**63 - 1
@@ -90,7 +91,7 @@ def footer(stats: Any, form: bool) -> str:
     return f"{stats.reason} · {speed}"
 
 
-class ComparePane(Vertical):
+class ComparePane(WorkerErrors, Vertical):
     BINDINGS = [
         Binding("ctrl+s", "save('tuned')", "Save tuned poem"),
         Binding("ctrl+b", "save('base')", "Save base poem"),

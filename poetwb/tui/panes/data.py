@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, SelectionList, Sparkline, Static
 
 from poetwb.tui.messages import DataChosen
+from poetwb.tui.workers import WorkerErrors
 
 CORPUS_KINDS = [("Bundled poets (offline)", "bundled"), ("Local file or folder", "local"),
                 ("Hugging Face dataset id", "hf")]
@@ -37,7 +38,15 @@ def clip_lines(text: str, limit: int) -> str:
     return "\n".join(kept) + (f"\n… ({rest} more line{'s' * (rest != 1)})" if rest else "")
 
 
-class DataPane(Horizontal):
+class DataPane(WorkerErrors, Horizontal):
+    WORKER_WHAT = {"data": "the data preview"}
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "data":  # out of "loading…"; the notification has already said why
+            from rich.markup import escape
+
+            self.query_one("#data-counts", Label).update(f"[red]preview failed: {escape(message)}[/red]")
+
     def __init__(self) -> None:
         super().__init__(id="data-pane")
 
@@ -163,7 +172,9 @@ class DataPane(Horizontal):
         self.query_one("#data-counts", Label).update(message)
 
     def _error(self, message: str) -> None:
-        self.query_one("#data-counts", Label).update(f"[red]{message}[/red]")
+        from rich.markup import escape
+
+        self.query_one("#data-counts", Label).update(f"[red]{escape(message)}[/red]")
         self.app.notify(message, severity="error", timeout=8)
 
     def _show(self, n: int, n_train: int, n_val: int, tokens: int, n_pairs: int, lengths: list[int],

@@ -15,8 +15,9 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
 from poetwb.core.runs import ACTIVE, RunState
-from poetwb.tui.messages import EvalDone, EvalProgress
+from poetwb.tui.messages import EvalDone, EvalProgress, RunsListed
 from poetwb.tui.widgets.loss_chart import LossChart
+from poetwb.tui.workers import WorkerErrors
 
 # (input id, config path, label, type)
 FIELDS = [
@@ -39,8 +40,19 @@ def plain_number(value: Any) -> str:
     return str(value)
 
 
-class TrainPane(Vertical):
+class TrainPane(WorkerErrors, Vertical):
     BINDINGS = [Binding("delete", "delete_run", "Delete run")]  # an Input keeps Delete for its own text
+    WORKER_WHAT = {"start": "starting the run", "eval": "the evaluation", "cancel": "cancelling the run",
+                   "delete-run": "deleting the run", "runs": "reading the runs"}
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "start":
+            self.query_one("#start", Button).disabled = False
+            self.set_error(message)
+        elif group == "eval":  # out of "evaluating…"; the notification said why
+            self.evaluating = False
+            self.query_one("#eval-progress-row").display = False
+            self.show_saved_eval()
 
     def __init__(self) -> None:
         super().__init__(id="train-pane")
@@ -367,12 +379,21 @@ class TrainPane(Vertical):
     # --- the runs ---------------------------------------------------------------------------------------------
 
     def refresh_runs(self) -> None:
+        """Re-read the runs in a worker: every run's status.json and config.toml are parsed off the UI thread."""
+        self.read_runs()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def read_runs(self) -> None:
+        self.post_message(RunsListed(self._runs()))
+
+    @on(RunsListed)
+    def show_runs(self, event: RunsListed) -> None:
         from poetwb.core.progress import describe_losses
 
         table = self.query_one("#runs-table", DataTable)
         cursor = table.cursor_row
         table.clear()
-        for r in self._runs():
+        for r in event.runs:
             losses = describe_losses(r.eval_loss, "  ").replace("stage ", "s")
             table.add_row(r.run_id, r.state, str(r.stage), f"{r.step}/{r.total_steps}", losses, r.error[:60],
                           key=r.run_id)
