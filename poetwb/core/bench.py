@@ -44,57 +44,42 @@ def matmul_peak(dtype_name: str, n: int = 1024, reps: int = 3) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
-    import torch
+def held_out_loss(model: Any, blocks: Any, pad_id: int = 0, batch: int = 8) -> float:
+    """Mean next-token loss over held-out blocks: the same measure `poetwb eval` reports (evaluate.dataset_loss).
+    pad_id only fills rows shorter than their batch's longest (packed blocks are all full), and is masked."""
+    from poetwb.core.evaluate import dataset_loss
 
-    model.eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for i in range(0, len(blocks), batch):
-            ids = torch.tensor(blocks["input_ids"][i:i + batch])
-            out = model(input_ids=ids, labels=ids)
-            n = ids.numel() - ids.shape[0]
-            total += out.loss.item() * n
-            count += n
-    return total / count
+    return dataset_loss(model, blocks, pad_id, batch)[0]
 
 
 def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stage: StageConfig, train_ds: Any,
                held_out: Any, out_dir: Path) -> Leg:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from transformers import AutoModelForCausalLM
 
+    from poetwb.core.hf import make_trainer, new_lora
     from poetwb.core.train_job import target_modules, training_args
 
     torch.manual_seed(cfg.seed)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    lora = cfg.lora
-    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=target_modules(cfg, base.config.model_type),
-                                            task_type="CAUSAL_LM"))
+    model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
     args = training_args(stage, out_dir, cfg.precision, cfg.seed, evaluate=False)
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator)
-    trainer.remove_callback(PrinterCallback)
+    trainer = make_trainer(model, tokenizer, args, train_ds)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     return Leg(name, trainer.state.global_step, int(trainer.state.num_input_tokens_seen), seconds,
-               held_out_loss(model, held_out))
+               held_out_loss(model, held_out, tokenizer.pad_token_id))
 
 
 def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_tokens: int = 4096,
                 seed: int = 42) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
     from poetwb.core import data, models
     from poetwb.core.config import CorpusSpec
+    from poetwb.core.hf import load_tokenizer
 
     model_id, path = models.resolve(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     poems = data.load_poems(CorpusSpec(kind="bundled", poets=poems_or_default(poets)))
     split = data.split_poems_dataset(poems, seed)
     held_out = data.pack(tokenizer, split["val"], 256)
@@ -109,7 +94,7 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
                              max_steps=max(1, math.ceil(budget_tokens / (8 * 256))))
     from transformers import AutoModelForCausalLM
 
-    base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out)
+    base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out, tokenizer.pad_token_id)
     with tempfile.TemporaryDirectory() as tmp:
         a = train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
                        data.pad_each(tokenizer, split["train"], 512), held_out, Path(tmp) / "a")

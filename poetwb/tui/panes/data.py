@@ -152,14 +152,13 @@ class DataPane(WorkerErrors, Horizontal):
 
                 pairs_text = "\n\n".join(f"[b]Request:[/b] {escape(p['prompt'])}\n[b]Poem:[/b] "
                                          f"{escape(clip_lines(p['completion'], 300))}" for p in sample)
-            from transformers import AutoTokenizer
-
             from poetwb.core import bundled
+            from poetwb.core.hf import load_tokenizer
 
             if model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():  # its tokenizer counts tokens
                 self.app.call_from_thread(self._note, f"{bundled.CONVERT_NOTE} (its tokenizer counts the tokens)…")
             _, path = models.resolve(model)
-            tok = AutoTokenizer.from_pretrained(path)
+            tok = load_tokenizer(path)
             tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in poems["text"])
         except PoetError as exc:
             self.app.call_from_thread(self._error, str(exc))
