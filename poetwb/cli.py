@@ -53,7 +53,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     entries = models.catalogue([Path(p) for p in args.path])
     if args.json:
-        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        print(json.dumps([{"schema": JSON_SCHEMA, **e.to_dict()} for e in entries], indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -273,7 +273,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = runs.list_runs()
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps([{"schema": JSON_SCHEMA, **r.to_dict()} for r in rows], indent=2))
         return 0
     if not rows:
         print("no runs yet; start one with `poetwb train --preset cpu-quick`")
@@ -302,7 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from poetwb.core.bench import bench_train, format_report
 
     result = bench_train(args.model, args.poets.split(",") if args.poets else None, args.tokens)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2) if args.json else format_report(result))
     return 0
 
 
@@ -333,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens,
                                                         progress=view, form=form, candidates=args.candidates)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2))
         return 0
     from rich.console import Console
 
