@@ -385,8 +385,8 @@ def check_can_start() -> None:
     """Refuse a second job while one runs (one machine's cores or GPU are not shared well)."""
     busy = running_run()
     if busy is not None:
-        raise PoetError(f"run {busy.run_id} is {busy.state}: wait for it or cancel it first "
-                        f"(poetwb cancel {busy.run_id})")
+        raise PoetError(f"a job is already running (run {busy.run_id}, {busy.state}): wait for it or cancel it "
+                        f"first (poetwb cancel {busy.run_id})")
 
 
 def check_can_resume(run_id: str) -> Path:

@@ -58,7 +58,7 @@ def test_resume_and_start_eligibility_live_in_core(tiny_gpt2, tiny_corpus):
     runs.update_status(folder, state=RunState.RUNNING, pid=os.getpid())  # this test plays the job
     with pytest.raises(PoetError, match="already running"):
         runs.check_can_resume("e")
-    with pytest.raises(PoetError, match="run e is running: wait for it or cancel it first"):
+    with pytest.raises(PoetError, match="already running .run e, running.: wait for it or cancel it first"):
         runs.check_can_start()
     runs.update_status(folder, state=RunState.FINISHED)
     with pytest.raises(PoetError, match="already finished"):
