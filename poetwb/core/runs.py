@@ -352,6 +352,9 @@ def request_cancel(run_id: str, wait_s: float = 120.0) -> RunStatus:
     status = read_run_status(folder)
     if not status.active:
         raise PoetError(f"run {run_id!r} is {status.state}, not running; nothing to cancel")
+    if not is_working(status):
+        raise PoetError(f"run {run_id!r} is queued but no job is running it; nothing to cancel "
+                        f"(start it with `poetwb train --resume {run_id}`, or delete it)")
     atomic_write_text(folder / CANCEL_FILE, now_iso())
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -51,6 +51,8 @@ def test_a_new_run_has_no_status_file_and_reads_queued(tiny_gpt2, tiny_corpus):
     assert [r.run_id for r in runs.list_runs()] == ["q"] and runs.list_runs()[0].state is RunState.QUEUED
     runs.check_can_start()  # a queued run no process holds does not block a start
     assert runs.check_can_resume("q") == folder
+    with pytest.raises(PoetError, match="queued but no job is running it; nothing to cancel"):
+        runs.request_cancel("q", wait_s=5)  # at once, not after waiting
 
 
 def test_resume_and_start_eligibility_live_in_core(tiny_gpt2, tiny_corpus):
