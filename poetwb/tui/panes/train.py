@@ -270,6 +270,8 @@ class TrainPane(WorkerErrors, Vertical):
             bar.update(total=p.total, progress=p.done)
         elif p.active:
             bar.update(total=None)  # a job that has not planned its steps yet: an indeterminate bar
+        else:
+            bar.update(total=1, progress=0)  # ended before it planned any step (a failed start): idle, not spinning
         figures = [f"{self.run_folder.name} {p.state}"]
         if p.stage:
             figures.append(f"stage {p.stage}: {p.step}/{p.stage_total}")
