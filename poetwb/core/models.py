@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from poetwb.core import bundled, paths
-from poetwb.core.errors import PoetError
+from poetwb.core.errors import PoetError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -370,9 +370,9 @@ def load(
             raise PoetError(
                 f"{model_id} needs its own Python code to load; pass --trust-remote-code if you trust it"
             ) from exc
-        raise PoetError(f"could not load {model_id}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not load {model_id}: {first_line(exc)}") from exc
     except (OSError, RuntimeError) as exc:
-        raise PoetError(f"could not load {model_id}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not load {model_id}: {first_line(exc)}") from exc
     ensure_pad(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     for i, path in enumerate(paths_):
