@@ -53,7 +53,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     entries = models.catalogue([Path(p) for p in args.path])
     if args.json:
-        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        print(json.dumps([{"schema": JSON_SCHEMA, **e.to_dict()} for e in entries], indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -125,9 +125,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stats: list[Any] = []
     chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
                               stats=stats)
+    from poetwb.core.text import SafeStream, safe_text
+
     lead = "" if args.instruct else args.prompt
     if args.json:
-        text = lead + "".join(chunk for _, chunk in chunks)
+        text = safe_text(lead + "".join(chunk for _, chunk in chunks))
         saved = _save_poems(args, [(text, loaded.adapter)], loaded.model_id, sampling, form) if args.save else []
         print(json.dumps({
             "schema": 1, "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
@@ -136,11 +138,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             **stats[0].to_dict(), "sampling": sampling.to_dict(), **({"saved_id": saved[0]} if saved else {}),
         }, indent=2))
         return 0
+    stream = SafeStream()  # a model's escape sequences and carriage returns never reach the terminal
+    lead = stream.feed(lead)
     print(lead, end="", flush=True)
     text = lead
     for _, chunk in chunks:
-        text += chunk
-        print(chunk, end="", flush=True)
+        piece = stream.feed(chunk)
+        text += piece
+        print(piece, end="", flush=True)
+    piece = stream.end()
+    text += piece
+    print(piece, end="", flush=True)
     if not text.endswith("\n"):  # a form's last line brings its own newline
         print()
     if form is not None:
@@ -172,14 +180,9 @@ def _save_poems(args: argparse.Namespace, texts: list[tuple[str, Any]], model: s
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from poetwb.core.config import CorpusSpec, InstructionSpec, TrainConfig, deep_merge, load_preset
+    """preset + config file + flags, by the core's one builder and merge rule (config.MERGE_RULE)."""
+    from poetwb.core.config import build_train_config
 
-    base = load_preset(args.preset).to_dict() if args.preset else TrainConfig().to_dict()
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise PoetError(f"config file {path} does not exist")
-        base = TrainConfig.from_toml(path.read_text(encoding="utf-8"), base=base).to_dict()
     over: dict[str, Any] = {}
     if args.model:
         over["model"] = args.model
@@ -194,12 +197,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         over["stage2"] = {"max_steps": args.max_steps}
     if args.seed is not None:
         over["seed"] = args.seed
-    merged = deep_merge(base, over)
-    if "corpus" in over:
-        merged["corpus"] = {**CorpusSpec().__dict__, **over["corpus"]}
-    if "instructions" in over:
-        merged["instructions"] = {**InstructionSpec().__dict__, **over["instructions"]}
-    return TrainConfig.from_dict(merged)
+    return build_train_config(args.preset, args.config, over)
 
 
 def _corpus_spec(value: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -228,38 +226,54 @@ def _instruction_spec(value: str) -> dict[str, Any]:
     return {"kind": "local", "path": str(Path(value.removeprefix("local:")).expanduser().resolve())}
 
 
+JSON_SCHEMA = 1
+"""The version of every `--json` output's keys (README "Exit codes and --json"); each output carries it as
+`schema` (in a list, each item does)."""
+
+_TRAIN_CONFIG_FLAGS = {"config": "CONFIG", "preset": "--preset", "model": "--model", "corpus": "--corpus",
+                       "poets": "--poets", "text_column": "--text-column", "poet_filter": "--poet-filter",
+                       "instructions": "--instructions", "max_steps": "--max-steps", "seed": "--seed",
+                       "run_id": "--run-id"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from poetwb.core import preflight, runs
 
     if args.resume:
-        folder = runs.open_run(args.resume)
-        status = runs.read_status(folder)
-        if status["state"] == "running":
-            raise PoetError(f"run {args.resume!r} is already running (pid {status.get('pid')})")
-        if status["state"] == "finished":
-            raise PoetError(f"run {args.resume!r} has already finished; start a new run instead")
-        config = runs.read_config(folder)
+        given = [flag for name, flag in _TRAIN_CONFIG_FLAGS.items() if getattr(args, name) is not None]
+        if given:
+            raise PoetError(f"--resume continues {args.resume} with its own config.toml; drop {', '.join(given)} "
+                            "(or start a new run with them)")
+        launched = runs.resume_run(args.resume, detach=args.detach)
     else:
-        config = _train_config(args)
-        preflight.check_inputs(config)  # a missing corpus is an error now, not a failed run in 15 s
-        folder = runs.create_run(config, args.run_id)
-    print(f"run {folder.name}  ({folder})", flush=True)
+        launched = runs.start_run(_train_config(args), args.run_id, detach=args.detach)
+    folder = launched.path
+    config = runs.read_config(folder)
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
+    print(f"run {folder.name}  ({folder})", file=out, flush=True)
     for key, text in preflight.describe_inputs(config).items():
-        print(f"  {key:13} {text}", flush=True)
+        print(f"  {key:13} {text}", file=out, flush=True)
     if args.detach:
-        pid = runs.launch_detached(folder)
-        print(f"training in the background (pid {pid}); follow it with `poetwb runs`", flush=True)
+        if args.json:
+            print(json.dumps({"schema": JSON_SCHEMA, **launched.to_dict()}, indent=2))
+        else:
+            print(f"training in the background (pid {launched.pid}); follow it with `poetwb runs`", flush=True)
         return 0
-    from poetwb.console import TrainView
     from poetwb.core.progress import describe_losses
     from poetwb.core.train_job import run_job
 
+    if args.json:
+        result = run_job(folder)
+        print(json.dumps({"schema": JSON_SCHEMA, **launched.to_dict(), "pid": os.getpid(),
+                          **result.to_dict()}, indent=2))
+        return 0 if result.ok else 3
+    from poetwb.console import TrainView
+
     with TrainView() as view:
-        state = run_job(folder, observer=view)
-    status = runs.read_status(folder)
-    losses = describe_losses(status.get("eval_loss", {}))
-    print(f"run {folder.name}: {state}" + (f"; val loss {losses}" if losses else ""), flush=True)
-    return 0 if state == "finished" else 3
+        result = run_job(folder, observer=view)
+    losses = describe_losses(result.eval_loss)
+    print(f"run {folder.name}: {result.state}" + (f"; val loss {losses}" if losses else ""), flush=True)
+    return 0 if result.ok else 3
 
 
 def cmd_runs_delete(args: argparse.Namespace) -> int:
@@ -281,7 +295,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = runs.list_runs()
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps([{"schema": JSON_SCHEMA, **r.to_dict()} for r in rows], indent=2))
         return 0
     if not rows:
         print("no runs yet; start one with `poetwb train --preset cpu-quick`")
@@ -294,10 +308,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from poetwb.core import runs
+    from poetwb.core import paths, runs
 
     status = runs.request_cancel(args.run, wait_s=args.wait)
-    print(f"run {args.run}: {status['state']} at stage {status.get('stage')} step {status.get('step')}")
+    if args.json:
+        print(json.dumps({"schema": JSON_SCHEMA, "run_id": args.run, "path": str(paths.run_dir(args.run)),
+                          "pid": status.pid, "state": str(status.state), "stage": status.stage,
+                          "step": status.step}, indent=2))
+        return 0
+    print(f"run {args.run}: {status.state} at stage {status.stage} step {status.step}")
     return 0
 
 
@@ -306,7 +325,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_train(args.model, args.poets.split(",") if args.poets else None, args.tokens,
                          profile=args.profile)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2) if args.json else format_report(result))
     return 0
 
 
@@ -337,7 +356,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens,
                                                         progress=view, form=form, candidates=args.candidates)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2))
         return 0
     from rich.console import Console
 
@@ -401,8 +420,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for col, chunk in generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
                                        stats=stats):
         texts[col] += chunk
+    from poetwb.core.text import safe_text
+
     lead = "" if args.instruct else args.prompt
-    texts = [lead + t for t in texts]
+    texts = [safe_text(lead + t) for t in texts]
     saved: dict[int, int] = {}
     if args.save:
         keep = [i for i in range(len(texts)) if args.save == "both" or (i == 0) == (args.save == "base")]
@@ -671,6 +692,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name the run (default: date-model-random)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--detach", action="store_true", help="train in a background process and return")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (run id, path, pid, state) instead of progress")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("runs", help="list training runs; `runs delete RUN` removes one")
@@ -685,6 +708,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="stop a running job cleanly (keeps its checkpoint)")
     p.add_argument("run", help="the run id, as `poetwb runs` lists it")
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it to stop")
+    p.add_argument("--json", action="store_true", help="print one JSON object (run id, path, pid, state)")
     p.set_defaults(handler=cmd_cancel)
 
     p = sub.add_parser("eval", help="held-out loss/perplexity before and after each stage; poetic metrics")

@@ -86,7 +86,7 @@ def test_generate_with_a_run_uses_the_base_model_that_run_trained(tiny_train_con
     from poetwb.core.train_job import run_job
 
     folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "g2")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     converted = bundled.is_converted()
     assert main(["generate", "-a", "g2", "-p", "The sea", "-n", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -100,7 +100,7 @@ def test_eval_metrics_in_a_form_reports_how_well_the_form_held(tiny_train_config
     from poetwb.core.train_job import run_job
 
     folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "fm")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     assert main(["eval", "fm", "--form", "haiku"]) == 1
     assert "add --metrics" in capsys.readouterr().err
     assert main(["eval", "fm", "--metrics", "--form", "haiku", "-k", "2", "--json"]) == 0

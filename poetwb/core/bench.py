@@ -82,62 +82,47 @@ class PeakMemory:
         self._thread.join()
 
 
-def held_out_loss(model: Any, blocks: Any, batch: int = 8) -> float:
-    import torch
+def held_out_loss(model: Any, blocks: Any, pad_id: int = 0, batch: int = 8) -> float:
+    """Mean next-token loss over held-out blocks: the same measure `poetwb eval` reports (evaluate.dataset_loss).
+    pad_id only fills rows shorter than their batch's longest (packed blocks are all full), and is masked."""
+    from poetwb.core.evaluate import dataset_loss
 
-    model.eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for i in range(0, len(blocks), batch):
-            ids = torch.tensor(blocks["input_ids"][i:i + batch])
-            out = model(input_ids=ids, labels=ids)
-            n = ids.numel() - ids.shape[0]
-            total += out.loss.item() * n
-            count += n
-    return total / count
+    return dataset_loss(model, blocks, pad_id, batch)[0]
 
 
 def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stage: StageConfig, train_ds: Any,
                held_out: Any, out_dir: Path) -> Leg:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from transformers import AutoModelForCausalLM
 
-    from poetwb.core.lean_loss import trainer_class
+    from poetwb.core.hf import make_trainer, new_lora
     from poetwb.core.train_job import target_modules, training_args, use_bf16
 
     torch.manual_seed(cfg.seed)
     ours = cfg.packing  # the report's leg is the plain Trainer in fp32; poetwb's is what the training job runs
     weights = torch.bfloat16 if ours and use_bf16(cfg.precision) else torch.float32
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
-    lora = cfg.lora
-    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=target_modules(cfg, base.config.model_type),
-                                            task_type="CAUSAL_LM"))
+    model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
     args = training_args(stage, out_dir, cfg.precision, cfg.seed, evaluate=False)
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = (trainer_class() if ours else Trainer)(model=model, args=args, train_dataset=train_ds,
-                                                     data_collator=collator)
-    trainer.remove_callback(PrinterCallback)
+    trainer = make_trainer(model, tokenizer, args, train_ds, lean_loss=ours)
     with PeakMemory() as memory:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
     return Leg(name, trainer.state.global_step, int(trainer.state.num_input_tokens_seen), seconds,
-               held_out_loss(model, held_out), memory.peak_mb)
+               held_out_loss(model, held_out, tokenizer.pad_token_id), memory.peak_mb)
 
 
 def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_tokens: int = 4096,
                 seed: int = 42, profile: bool = False) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from poetwb.core import data, models
     from poetwb.core.config import CorpusSpec
+    from poetwb.core.hf import load_tokenizer
 
     model_id, path = models.resolve(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     poems = data.load_poems(CorpusSpec(kind="bundled", poets=poems_or_default(poets)))
     split = data.split_poems_dataset(poems, seed)
     held_out = data.pack(tokenizer, split["val"], 256)
@@ -153,7 +138,7 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
     ours_lr = 1e-4 * (8 * 256) / recipe_tokens_per_step
     ours_stage = StageConfig(batch_size=8, grad_accum=1, seq_len=256, learning_rate=ours_lr,
                              max_steps=max(1, math.ceil(budget_tokens / (8 * 256))))
-    base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out)
+    base_loss = held_out_loss(AutoModelForCausalLM.from_pretrained(path), held_out, tokenizer.pad_token_id)
     packed = data.pack(tokenizer, split["train"], 256)
     with tempfile.TemporaryDirectory() as tmp:
         a = train_leg("report recipe (padded 512, batch 2x4, fp32)", path, tokenizer, report_cfg, report_stage,
@@ -179,19 +164,16 @@ def profile_step(base_path: Path, cfg: TrainConfig, packed: Any, batch: int = 8,
     """Where one training step of poetwb's leg spends its time: torch's profiler over `steps` steps after a
     warm-up, the operators with the most self CPU time."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
     from poetwb.core import lean_loss
+    from poetwb.core.hf import new_lora
     from poetwb.core.train_job import target_modules, use_bf16
 
     weights = torch.bfloat16 if use_bf16(cfg.precision) else torch.float32
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
-    lora = cfg.lora
-    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=target_modules(cfg, base.config.model_type),
-                                            task_type="CAUSAL_LM"))
+    model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
     model.train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     backbone, head = lean_loss.parts(model) or (None, None)

@@ -3,7 +3,9 @@ with a one-line message in every front end."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from poetwb.core.errors import PoetError
@@ -267,10 +269,13 @@ class TrainConfig:
 PART_LABELS = {"corpus": "corpus", "instructions": "instructions", "lora": "LoRA", "stage1": "stage 1",
                "stage2": "stage 2"}
 _KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+_VALUE_TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "table"}
 
 
 def _typed(value: Any, owner: type, name: str, where: str) -> Any:
-    """value checked against the field's declared type (ints are fine where a float is wanted, bools are not)."""
+    """value checked against the field's declared type (ints are fine where a float is wanted, bools are not).
+    The message names the setting (in words and as its TOML key), the type wanted and the value given, e.g.
+    "stage 1 learning rate (stage1.learning_rate) must be a number (float), got '1e-4' (str)"."""
     declared = next((str(f.type) for f in fields(owner) if f.name == name), "")
     ok = {"bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -284,8 +289,14 @@ def _typed(value: Any, owner: type, name: str, where: str) -> Any:
         kind = _KIND_WORDS.get(declared, declared)
     if ok is not None and not ok(value):
         label = f"{where} {name.replace('_', ' ')}".strip()
-        raise PoetError(f"{label} must be {kind}, got {value!r}")
+        key = f"{_TABLE_OF.get(where, '')}.{name}".lstrip(".")
+        got = _VALUE_TYPES.get(type(value), type(value).__name__)
+        named = label if key == name and not where else f"{label} ({key})"
+        raise PoetError(f"{named} must be {kind} ({declared.replace(' | None', '')}), got {value!r} ({got})")
     return value
+
+
+_TABLE_OF = {label: key for key, label in PART_LABELS.items()}
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -306,12 +317,78 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in (assets_dir() / "presets").glob("*.toml"))
 
 
-def load_preset(name: str) -> TrainConfig:
+_PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_preset_name(name: str) -> str:
+    """A preset is named, never given as a path: `../../x` or `/etc/x` is refused before any file is opened."""
+    if not _PRESET_NAME.fullmatch(name) or ".." in name:
+        raise PoetError(f"a preset is a name such as {DEFAULT_PRESET}, not a path; got {name!r} "
+                        "(pass a config file as `poetwb train FILE.toml`)")
+    if name not in preset_names():
+        raise PoetError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return name
+
+
+def _preset_data(name: str) -> dict[str, Any]:
     from poetwb.core.paths import assets_dir
 
-    path = assets_dir() / "presets" / f"{name}.toml"
-    if not path.is_file():
-        raise PoetError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    config = TrainConfig.from_toml(path.read_text(encoding="utf-8"))
-    config.preset = name
-    return config
+    check_preset_name(name)
+    return _parse_toml((assets_dir() / "presets" / f"{name}.toml").read_text(encoding="utf-8"), f"preset {name}")
+
+
+def load_preset(name: str) -> TrainConfig:
+    return build_train_config(preset=name)
+
+
+def _parse_toml(text: str, what: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PoetError(f"{what} is not valid TOML: {exc}") from exc
+
+
+SOURCE_TABLES = ("corpus", "instructions")
+MERGE_RULE = """Layers apply in order: the defaults, the preset, the config file, then the overrides (command-line
+flags, or the Train pane's boxes and the Models and Data panes' choices). A later layer wins key by key, table by
+table ([stage1] learning_rate from a file leaves the preset's other stage-1 settings alone). One exception: a
+[corpus] or [instructions] table whose `kind` differs from the one it lands on replaces it whole, because the keys
+of one kind of source mean nothing to another (a local file's path is no bundled poet)."""
+
+
+def merge_layers(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """The one merge rule (MERGE_RULE): deep merge, except a source table of another kind replaces the old one."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            changes_kind = key in SOURCE_TABLES and "kind" in value and value["kind"] != old.get("kind", value["kind"])
+            out[key] = dict(value) if changes_kind else merge_layers(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_train_config(preset: str | None = None, file: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig from preset + config file + overrides, merged by MERGE_RULE and checked field by field.
+    Used by `poetwb train` and the Train pane alike, so one set of choices gives one config in both."""
+    data: dict[str, Any] = {}
+    if preset:
+        data = merge_layers(data, _preset_data(preset))
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise PoetError(f"config file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PoetError(f"cannot read the config file {path} ({exc})") from exc
+        data = merge_layers(data, _parse_toml(text, f"the config file {path}"))
+    if overrides:
+        data = merge_layers(data, overrides)
+    if preset:
+        data["preset"] = preset
+    return TrainConfig.from_dict(data)

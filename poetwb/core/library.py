@@ -19,6 +19,7 @@ from typing import Any
 from poetwb.core import paths
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_write_text
+from poetwb.core.text import safe_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS poems (
@@ -104,6 +105,8 @@ class Library:
         self.db.close()
 
     def add(self, poem: Poem) -> Poem:
+        """Save a poem; its text and prompt are made terminal-safe first (core.text.safe_text)."""
+        poem.text, poem.prompt = safe_text(poem.text), safe_text(poem.prompt)
         if not poem.text.strip():
             raise PoetError("nothing to save: the poem is empty")
         created = dt.datetime.now().isoformat(timespec="seconds")
@@ -125,7 +128,9 @@ class Library:
             like = f"%{query.strip()}%"
             args = (like, like, like, like, like)
         rows = self.db.execute(sql + " ORDER BY id DESC", args).fetchall()
-        return [Poem(id=r[0], created=r[1], text=r[2], prompt=r[3], mode=r[4], model=r[5], adapter=r[6],
+        # rows saved by an older version may hold control characters: what is read is made safe too
+        return [Poem(id=r[0], created=r[1], text=safe_text(r[2]), prompt=safe_text(r[3]), mode=r[4],
+                     model=r[5], adapter=r[6],
                      sampling=json.loads(r[7] or "{}"), seed=r[8], form=r[9]) for r in rows]
 
     def get(self, ids: Iterable[int]) -> list[Poem]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from poetwb.core import bundled, paths
-from poetwb.core.errors import PoetError
+from poetwb.core.errors import PoetError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +345,8 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from poetwb.core.hf import ensure_pad
+
     if trust_remote_code:
         log.warning("trust_remote_code is on: the model's own Python code will run on this machine")
     specs = list(adapters or []) or ([adapter] if adapter is not None else [])
@@ -368,11 +370,10 @@ def load(
             raise PoetError(
                 f"{model_id} needs its own Python code to load; pass --trust-remote-code if you trust it"
             ) from exc
-        raise PoetError(f"could not load {model_id}: {str(exc).splitlines()[0][:200]}") from exc
+        raise PoetError(f"could not load {model_id}: {first_line(exc)}") from exc
     except (OSError, RuntimeError) as exc:
-        raise PoetError(f"could not load {model_id}: {str(exc).splitlines()[0][:200]}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise PoetError(f"could not load {model_id}: {first_line(exc)}") from exc
+    ensure_pad(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     for i, path in enumerate(paths_):
         model = attach_adapter(model, path, model_id, name=f"a{i + 1}" if adapters else "default",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from poetwb.core import bundled, paths
 from poetwb.core.config import CorpusSpec, InstructionSpec, TrainConfig
-from poetwb.core.errors import PoetError
+from poetwb.core.errors import PoetError, first_line
 
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
@@ -116,7 +116,7 @@ def table_columns(path: Path) -> list[str]:
     except PoetError:
         raise
     except Exception as exc:
-        raise PoetError(f"could not read {path}: {str(exc).splitlines()[0][:200] if str(exc) else exc}") from exc
+        raise PoetError(f"could not read {path}: {first_line(exc)}") from exc
 
 
 def _check_columns(path: Path, needed: list[str], what: str, hint: str) -> None:

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +110,13 @@ class Job:
         return self.cancelled
 
     # --- the pipeline ---
-    def run(self) -> str:
+    def run(self) -> runs.RunState:
         import torch
 
         from poetwb.core import models
 
         cfg = self.config
-        self.status(state="running", pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
+        self.status(state=runs.RunState.RUNNING, pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
                     started=runs.now_iso(), error="", cause="", phase="starting")
         self.plan = {k: int(v) for k, v in (runs.read_status(self.folder).get("plan") or {}).items()}
         if cfg.model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():
@@ -124,11 +124,11 @@ class Job:
             bundled.ensure_converted(lambda i, n, what: self.phase(f"{bundled.CONVERT_NOTE}: {what} ({i}/{n})"))
         self.phase("loading the tokenizer")
         model_id, model_path = models.resolve(cfg.model)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from poetwb.core.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path)
         self.phase("reading the corpus")
         poems = data.load_poems(cfg.corpus)
         poem_split = data.split_poems_dataset(poems, cfg.seed)
@@ -166,7 +166,7 @@ class Job:
         if train1:
             peft_model = self._new_lora(base, targets)
             if not self._train(1, peft_model, tokenizer, cfg.stage1, train_ds, {"val": val_ds}):
-                return "cancelled"
+                return runs.RunState.CANCELLED
         if train2:
             assert pair_split is not None
             if peft_model is not None:
@@ -182,17 +182,15 @@ class Job:
             sets = self._stage2_data(tokenizer, pair_split)
             if not self._train(2, peft_model, tokenizer, cfg.stage2, sets["train"],
                                {"val": sets["val"], "test": sets["test"]}):
-                return "cancelled"
-        self.status(state="finished", finished=runs.now_iso(), elapsed_s=round(time.monotonic() - self.started, 1),
-                    phase="")
-        return "finished"
+                return runs.RunState.CANCELLED
+        self.status(state=runs.RunState.FINISHED, finished=runs.now_iso(),
+                    elapsed_s=round(time.monotonic() - self.started, 1), phase="")
+        return runs.RunState.FINISHED
 
     def _new_lora(self, base: Any, targets: list[str] | str) -> Any:
-        from peft import LoraConfig, get_peft_model
+        from poetwb.core.hf import new_lora
 
-        lora = self.config.lora
-        return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                               target_modules=targets, task_type="CAUSAL_LM"))
+        return new_lora(base, self.config.lora, targets)
 
     def _stage2_data(self, tokenizer: Any, split: dict[str, list]) -> dict[str, Any]:
         spec, seq = self.config.instructions, self.config.stage2.seq_len
@@ -218,17 +216,12 @@ class Job:
     def _train(self, stage: int, model: Any, tokenizer: Any, s: StageConfig, train_ds: Any,
                eval_sets: dict[str, Any]) -> bool:
         """Train one stage; save its adapter atomically. False when cancelled."""
-        from transformers import DataCollatorForSeq2Seq, PrinterCallback
-
-        from poetwb.core.lean_loss import trainer_class
+        from poetwb.core.hf import make_trainer
 
         ckpt_dir = self.folder / "checkpoints" / f"stage{stage}"
         args = training_args(s, ckpt_dir, self.config.precision, self.config.seed, self.world_size)
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
         callback = _RunCallback(self, stage)
-        trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets["val"],
-                                  data_collator=collator, callbacks=[callback])
-        trainer.remove_callback(PrinterCallback)  # our callback reports; no dicts on stdout
+        trainer = make_trainer(model, tokenizer, args, train_ds, eval_sets["val"], callbacks=[callback])
         resume = runs.last_checkpoint(self.folder, stage)
         self.status(stage=stage, step=0 if resume is None else int(resume.name.split("-")[-1]))
         log.info("stage %d: %d train examples, resume from %s", stage, len(train_ds), resume)
@@ -236,7 +229,7 @@ class Job:
                                                               if resume else ""))
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if callback.cancelled:
-            self.status(state="cancelled", cancelled=runs.now_iso(), phase="")
+            self.status(state=runs.RunState.CANCELLED, cancelled=runs.now_iso(), phase="")
             return False
         for name, ds in eval_sets.items():
             if name == "val":
@@ -332,7 +325,7 @@ class _RunCallback(TrainerCallback):
         self.last = (time.monotonic(), state.num_input_tokens_seen)
         self.job.plan[str(self.stage)] = state.max_steps  # the Trainer's exact count replaces the estimate
         first = f"stage {self.stage}: measuring val loss before training" if args.eval_on_start else self.training
-        self.job.phase(first, stage=self.stage, total_steps=state.max_steps, state="running",
+        self.job.phase(first, stage=self.stage, total_steps=state.max_steps, state=runs.RunState.RUNNING,
                        plan=dict(self.job.plan))
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -380,11 +373,19 @@ class _RunCallback(TrainerCallback):
         self.job.metric(record)
 
 
-def _setup_logging(folder: Path) -> None:
+_LOGGERS = ("poetwb", "transformers.trainer")
+
+
+@contextlib.contextmanager
+def _job_logging(folder: Path) -> Iterator[None]:
+    """log.txt gets the details while the job runs; the handler goes when it ends, so one process running two jobs
+    (tests, a notebook) never writes the second job's lines into the first job's log.txt."""
     handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("poetwb", "transformers.trainer"):
+    before = []
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
+        before.append((logger, logger.level, logger.propagate))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # log.txt gets the details; the terminal gets our progress lines
@@ -393,10 +394,19 @@ def _setup_logging(folder: Path) -> None:
 
     hf_logging.disable_progress_bar()
     disable_progress_bars()  # "Writing model shards" bars on checkpoint saves would tear the CLI's progress bar
+    try:
+        yield
+    finally:
+        for logger, level, propagate in before:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        handler.close()
 
 
-def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float = 15.0) -> str:
-    """Run (or resume) the job in this process. Returns the final state; errors land in status.json."""
+def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float = 15.0) -> runs.TrainResult:
+    """Run (or resume) the job in this process: the only writer of the run's status.json. Returns a TrainResult
+    (finished or cancelled); a failure is written to status.json and raised as a one-line PoetError."""
     rank, _ = world()
     lock = exclusive_lock(folder / ".lock", timeout=lock_timeout) if rank == 0 else contextlib.nullcontext()
     try:
@@ -404,26 +414,32 @@ def run_job(folder: Path, observer: Observer | None = None, lock_timeout: float 
     except BlockingIOError as exc:
         pid = runs.read_status(folder).get("pid")
         raise PoetError(f"run {folder.name!r} is already running (pid {pid}); wait for it or cancel it") from exc
+    logs = _job_logging(folder) if rank == 0 else contextlib.nullcontext()
     try:
-        if rank == 0:
-            (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
-            _setup_logging(folder)
-        job = Job(folder, observer=observer)
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
-            if _main_thread() else None
-        try:
-            return job.run()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-    except BaseException as exc:
-        state, message, cause = _describe_failure(exc)
-        if rank == 0:
-            runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso(), phase="")
-            logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
-        if isinstance(exc, PoetError | KeyboardInterrupt):
-            raise
-        raise PoetError(message) from exc
+        with logs:
+            try:
+                if rank == 0:
+                    (folder / runs.CANCEL_FILE).unlink(missing_ok=True)
+                job = Job(folder, observer=observer)
+                previous = signal.signal(signal.SIGTERM, lambda *_: setattr(job, "cancelled", True)) \
+                    if _main_thread() else None
+                try:
+                    state = job.run()
+                finally:
+                    if previous is not None:
+                        signal.signal(signal.SIGTERM, previous)
+            except BaseException as exc:
+                state, message, cause = _describe_failure(exc)
+                if rank == 0:
+                    runs.update_status(folder, state=state, error=message, cause=cause, finished=runs.now_iso(),
+                                       phase="")
+                    logging.getLogger("poetwb.train").error("%s\n%s", message, traceback.format_exc())
+                if isinstance(exc, PoetError | KeyboardInterrupt):
+                    raise
+                raise PoetError(message) from exc
+        status = runs.read_run_status(folder)
+        return runs.TrainResult(folder.name, state, status.error, status.cause, dict(status.eval_loss),
+                                round(time.monotonic() - job.started, 1))
     finally:
         lock.__exit__(None, None, None)
 
@@ -434,17 +450,19 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _describe_failure(exc: BaseException) -> tuple[str, str, str]:
+def _describe_failure(exc: BaseException) -> tuple[runs.RunState, str, str]:
     import torch
 
+    from poetwb.core.errors import first_line
+
+    failed = runs.RunState.FAILED
     if isinstance(exc, KeyboardInterrupt):
-        return "cancelled", "interrupted by the user", "cancelled"
+        return runs.RunState.CANCELLED, "interrupted by the user", "cancelled"
     if isinstance(exc, PoetError):
-        return "failed", str(exc), "bad input"
+        return failed, str(exc), "bad input"
     if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
-        return "failed", "out of memory: lower batch_size or seq_len, or pick a smaller model", "out of memory"
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return "failed", f"{type(exc).__name__}: {first}", "internal error (see log.txt)"
+        return failed, "out of memory: lower batch_size or seq_len, or pick a smaller model", "out of memory"
+    return failed, first_line(exc, 300), "internal error (see log.txt)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,11 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        state = run_job(Path(args[0]).resolve())
+        result = run_job(Path(args[0]).resolve())
     except PoetError as exc:
         print(f"poetwb: error: {exc}", file=sys.stderr)
         return 1
-    return 0 if state == "finished" else 3
+    return 0 if result.ok else 3
 
 
 if __name__ == "__main__":

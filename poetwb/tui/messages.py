@@ -41,3 +41,14 @@ class EvalDone(Message):
 
     result: dict | None
     error: str = ""
+
+
+@dataclass
+class RunsListed(Message):
+    """A worker read the runs (runs.list_runs); the Train pane's table shows them. A newer list replaces an older
+    one still waiting."""
+
+    runs: list
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunsListed)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def done(tiny_train_config):
     folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("llama", steps1=6, steps2=4)), "ev")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     return folder
 
 

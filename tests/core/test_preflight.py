@@ -18,10 +18,12 @@ def _config(**parts) -> TrainConfig:
     [
         ({"stage1": {"learning_rate": 5}}, "stage 1 learning rate must be < 1, got 5"),
         ({"stage2": {"batch_size": 0}}, "stage 2 batch size must be >= 1, got 0"),
-        ({"stage2": {"max_steps": "abc"}}, "stage 2 max steps must be a whole number, got 'abc'"),
-        ({"stage1": {"learning_rate": True}}, "stage 1 learning rate must be a number, got True"),
+        ({"stage2": {"max_steps": "abc"}}, "stage 2 max steps (stage2.max_steps) must be a whole number (int), "
+                                           "got 'abc' (str)"),
+        ({"stage1": {"learning_rate": True}}, "stage 1 learning rate (stage1.learning_rate) must be a number "
+                                              "(float), got True (bool)"),
         ({"lora": {"r": 0}}, "LoRA rank must be >= 1, got 0"),
-        ({"seed": "x"}, "seed must be a whole number, got 'x'"),
+        ({"seed": "x"}, "seed must be a whole number (int), got 'x' (str)"),
     ],
 )
 def test_hyperparameter_messages_name_the_stage_and_the_field(data, message):

@@ -34,7 +34,7 @@ def test_both_stages_write_adapters_that_plain_peft_loads_and_that_change_the_mo
     from transformers import AutoModelForCausalLM
 
     folder = _start(tiny_train_config("llama", steps1=8, steps2=4), "both")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     status = runs.read_status(folder)
     assert status["state"] == "finished"
     assert status["eval_loss"]["stage1_end"] < status["eval_loss"]["stage1_start"]
@@ -127,7 +127,7 @@ def _bad_inputs(tmp_path):
 
 def test_bad_data_fails_with_the_error_in_status_and_on_the_cli(tiny_train_config, tiny_corpus, tmp_path, capsys):
     good = _start(tiny_train_config("gpt2", steps1=2, steps2=1), "good")
-    assert run_job(good) == "finished"
+    assert run_job(good).state == "finished"
     before = sorted(p.relative_to(good) for p in good.rglob("*"))
     base_text = tiny_train_config("gpt2")
     for run_id, (corpus, instructions, message, early) in _bad_inputs(tmp_path).items():
@@ -254,7 +254,7 @@ def test_keep_best_saves_the_adapter_with_the_lowest_validation_loss(tiny_train_
     cfg = TrainConfig.from_toml(text)
     assert cfg.stage1.keep_best and cfg.stage1.learning_rate == 0.3
     folder = _start(text, "best")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     evals = [(r["step"], r["eval_loss"]) for r in _metrics(folder) if r["stage"] == 1 and "eval_loss" in r
              and r["step"] > 0]
     best_step, best = min(evals, key=lambda e: e[1])

@@ -27,7 +27,7 @@ def columns(app) -> list[PoemColumn]:
 @pytest.fixture
 def finished_run(tiny_train_config):
     folder = runs.create_run(TrainConfig.from_toml(tiny_train_config("gpt2", steps1=2, steps2=2)), "done")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
     return folder
 
 

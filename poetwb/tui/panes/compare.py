@@ -20,6 +20,7 @@ from textual.widgets import Button, Input, Label, Select, SelectionList, Switch
 
 from poetwb.tui.widgets.poem_column import PoemColumn
 from poetwb.tui.widgets.slider import Slider
+from poetwb.tui.workers import WorkerErrors
 
 MAX_RUNS = 4
 SEED_MAX = 2**63 - 1
@@ -90,7 +91,7 @@ def footer(stats: Any, form: bool) -> str:
     return f"{stats.reason} · {speed}"
 
 
-class ComparePane(Vertical):
+class ComparePane(WorkerErrors, Vertical):
     BINDINGS = [
         Binding("ctrl+s", "save('tuned')", "Save tuned poem"),
         Binding("ctrl+b", "save('base')", "Save base poem"),
@@ -347,9 +348,12 @@ class ComparePane(Vertical):
             self.post_message(GenerationEnded(gen, stats, first_line(exc)))
 
     def shown(self, index: int) -> str:
-        """A model column's whole poem as shown: in raw mode the prompt is its first line."""
+        """A model column's whole poem as shown, voted on and saved: in raw mode the prompt is its first line. No
+        control character a model emits reaches the screen or the library (core.text.safe_text)."""
+        from poetwb.core.text import safe_text
+
         text = self.cols[index].text
-        return self.last["prompt"] + text if self.last.get("mode") == "raw" else text.strip("\n")
+        return safe_text(self.last["prompt"] + text if self.last.get("mode") == "raw" else text.strip("\n"))
 
     @on(ColumnChunk)
     def add_chunk(self, event: ColumnChunk) -> None:

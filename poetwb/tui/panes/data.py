@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, SelectionList, Sparkline, Static
 
 from poetwb.tui.messages import DataChosen
+from poetwb.tui.workers import WorkerErrors
 
 CORPUS_KINDS = [("Bundled poets (offline)", "bundled"), ("Local file or folder", "local"),
                 ("Hugging Face dataset id", "hf")]
@@ -37,7 +38,15 @@ def clip_lines(text: str, limit: int) -> str:
     return "\n".join(kept) + (f"\n… ({rest} more line{'s' * (rest != 1)})" if rest else "")
 
 
-class DataPane(Horizontal):
+class DataPane(WorkerErrors, Horizontal):
+    WORKER_WHAT = {"data": "the data preview"}
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "data":  # out of "loading…"; the notification has already said why
+            from rich.markup import escape
+
+            self.query_one("#data-counts", Label).update(f"[red]preview failed: {escape(message)}[/red]")
+
     def __init__(self) -> None:
         super().__init__(id="data-pane")
 
@@ -143,14 +152,13 @@ class DataPane(Horizontal):
 
                 pairs_text = "\n\n".join(f"[b]Request:[/b] {escape(p['prompt'])}\n[b]Poem:[/b] "
                                          f"{escape(clip_lines(p['completion'], 300))}" for p in sample)
-            from transformers import AutoTokenizer
-
             from poetwb.core import bundled
+            from poetwb.core.hf import load_tokenizer
 
             if model.strip() in bundled.BUNDLED_ALIASES and not bundled.is_converted():  # its tokenizer counts tokens
                 self.app.call_from_thread(self._note, f"{bundled.CONVERT_NOTE} (its tokenizer counts the tokens)…")
             _, path = models.resolve(model)
-            tok = AutoTokenizer.from_pretrained(path)
+            tok = load_tokenizer(path)
             tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in poems["text"])
         except PoetError as exc:
             self.app.call_from_thread(self._error, str(exc))
@@ -163,7 +171,9 @@ class DataPane(Horizontal):
         self.query_one("#data-counts", Label).update(message)
 
     def _error(self, message: str) -> None:
-        self.query_one("#data-counts", Label).update(f"[red]{message}[/red]")
+        from rich.markup import escape
+
+        self.query_one("#data-counts", Label).update(f"[red]{escape(message)}[/red]")
         self.app.notify(message, severity="error", timeout=8)
 
     def _show(self, n: int, n_train: int, n_val: int, tokens: int, n_pairs: int, lengths: list[int],

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar
 
 from poetwb.tui.messages import ModelPicked
+from poetwb.tui.workers import WorkerErrors
 
 
 def _params(n: int | None) -> str:
@@ -21,7 +22,15 @@ def _mem(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.1f} GiB"
 
 
-class ModelsPane(Vertical):
+class ModelsPane(WorkerErrors, Vertical):
+    WORKER_WHAT = {"catalogue": "reading the model catalogue", "download": "the download"}
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "catalogue":
+            self._catalogue_failed(message)
+        elif group == "download":
+            self._download_ended()
+
     def __init__(self) -> None:
         super().__init__(id="models-pane")
         self.entries: dict[str, Any] = {}
@@ -45,18 +54,28 @@ class ModelsPane(Vertical):
         # after the first paint: counting parameters imports torch, which would hold up the first screen
         self.set_timer(0.2, self.refresh_catalogue)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="catalogue")
     def refresh_catalogue(self) -> None:
+        self.read_catalogue(list(self.local_dirs))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalogue")
+    def read_catalogue(self, local_dirs: list[Path]) -> None:
         from poetwb.core import models
         from poetwb.core.errors import PoetError
 
         try:
-            entries = models.catalogue(self.local_dirs)
+            entries = models.catalogue(local_dirs)
         except PoetError as exc:
-            self.app.call_from_thread(self.app.notify, str(exc), severity="error")
-            self.local_dirs = self.local_dirs[:-1]
+            self.app.call_from_thread(self._catalogue_failed, str(exc), True)
             return
         self.app.call_from_thread(self._show, entries)
+
+    def _catalogue_failed(self, message: str, notify: bool = False) -> None:
+        """The folder just added is dropped again; before any catalogue was shown, the status says why."""
+        if notify:
+            self.app.notify(message, severity="error")
+        self.local_dirs = self.local_dirs[:-1]
+        if not self.entries:
+            self.query_one("#models-status", Label).update(f"could not read the model catalogue: {message}")
 
     def _show(self, entries: list[Any]) -> None:
         table = self.query_one(DataTable)
@@ -111,15 +130,22 @@ class ModelsPane(Vertical):
         from poetwb.core import models
         from poetwb.core.errors import PoetError
 
-        bar = self.query_one("#download-progress", ProgressBar)
-        self.app.call_from_thread(setattr, bar, "display", True)
+        self.app.call_from_thread(self._download_progress, 0, None)
         try:
             models.hub_snapshot(model_id, progress=lambda done, total: self.app.call_from_thread(
-                bar.update, total=total, progress=done))
+                self._download_progress, done, total))
         except PoetError as exc:
             self.app.call_from_thread(self.app.notify, str(exc), severity="error", timeout=10)
         else:
             self.app.call_from_thread(self.app.notify, f"{model_id} downloaded")
-            self.refresh_catalogue()
+            self.app.call_from_thread(self.refresh_catalogue)
         finally:
-            self.app.call_from_thread(setattr, bar, "display", False)
+            self.app.call_from_thread(self._download_ended)
+
+    def _download_progress(self, done: int, total: int | None) -> None:
+        bar = self.query_one("#download-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=total, progress=done)
+
+    def _download_ended(self) -> None:
+        self.query_one("#download-progress", ProgressBar).display = False

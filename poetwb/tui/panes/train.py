@@ -14,8 +14,10 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
-from poetwb.tui.messages import EvalDone, EvalProgress
+from poetwb.core.runs import ACTIVE, RunState
+from poetwb.tui.messages import EvalDone, EvalProgress, RunsListed
 from poetwb.tui.widgets.loss_chart import LossChart
+from poetwb.tui.workers import WorkerErrors
 
 # (input id, config path, label, type)
 FIELDS = [
@@ -28,7 +30,6 @@ FIELDS = [
     ("s2-batch", ("stage2", "batch_size"), "stage 2 batch size", int),
     ("lora-r", ("lora", "r"), "LoRA rank", int),
 ]
-ACTIVE = {"queued", "running"}
 
 
 def plain_number(value: Any) -> str:
@@ -39,8 +40,19 @@ def plain_number(value: Any) -> str:
     return str(value)
 
 
-class TrainPane(Vertical):
+class TrainPane(WorkerErrors, Vertical):
     BINDINGS = [Binding("delete", "delete_run", "Delete run")]  # an Input keeps Delete for its own text
+    WORKER_WHAT = {"start": "starting the run", "eval": "the evaluation", "cancel": "cancelling the run",
+                   "delete-run": "deleting the run", "runs": "reading the runs"}
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "start":
+            self.query_one("#start", Button).disabled = False
+            self.set_error(message)
+        elif group == "eval":  # out of "evaluating…"; the notification said why
+            self.evaluating = False
+            self.query_one("#eval-progress-row").display = False
+            self.show_saved_eval()
 
     def __init__(self) -> None:
         super().__init__(id="train-pane")
@@ -91,9 +103,11 @@ class TrainPane(Vertical):
         self.set_error("")
         self.show_eval(None)
         self.refresh_runs()
-        running = [r for r in self._runs() if r.state == "running"]
-        if running:  # re-attach to a job started before the app was (re)opened, and show it
-            self.attach(running[0].run_id)
+        from poetwb.core import runs
+
+        running = runs.running_run()
+        if running is not None:  # re-attach to a job started before the app was (re)opened, and show it
+            self.attach(running.run_id)
             self.call_after_refresh(self.app.action_show, "train")
         self.set_interval(0.5, self.poll)
         self.set_interval(2.0, self.refresh_runs)
@@ -120,43 +134,41 @@ class TrainPane(Vertical):
     def preset_changed(self, event: Select.Changed) -> None:
         self.fill_from_preset(str(event.value))
 
-    def config_data(self, with_fields: bool = True) -> dict[str, Any]:
-        """The config as a dict: preset, then the Models and Data panes' choices, then (optionally) the fields."""
-        from poetwb.core.config import load_preset
+    def overrides(self, with_fields: bool = True) -> dict[str, Any]:
+        """What the pane adds on top of the preset: the Models and Data panes' choices, then (optionally) the
+        boxes. The core's builder merges them by its one rule (config.MERGE_RULE), as it does the CLI's flags."""
         from poetwb.core.errors import PoetError
 
-        preset = str(self.query_one("#preset", Select).value)
-        data = load_preset(preset).to_dict()
+        over: dict[str, Any] = {"model": self.app.base_model}
+        if self.app.corpus:
+            over["corpus"] = dict(self.app.corpus)
+        if self.app.instructions:
+            over["instructions"] = dict(self.app.instructions)
         if with_fields:
             for fid, (section, key), label, kind in FIELDS:
                 raw = self.query_one(f"#{fid}", Input).value.strip()
                 try:  # "5" stays 5 in a float field, so messages repeat what was typed ("got 5")
-                    data[section][key] = int(raw) if kind is float and raw.lstrip("+-").isdigit() else kind(raw)
+                    value = int(raw) if kind is float and raw.lstrip("+-").isdigit() else kind(raw)
                 except ValueError as exc:
                     raise PoetError(f"{label}: {raw!r} is not a valid {kind.__name__}") from exc
-        data["model"] = self.app.base_model
-        data["corpus"] = {**data["corpus"], **self.app.corpus} if self.app.corpus else data["corpus"]
-        if self.app.instructions:
-            data["instructions"] = self.app.instructions
-        data["preset"] = preset
-        return data
+                over.setdefault(section, {})[key] = value
+        return over
 
-    def build_config(self) -> Any:
-        """The TrainConfig from preset + fields + the Data and Models panes; raises PoetError on bad values."""
-        from poetwb.core.config import TrainConfig
+    def build_config(self, with_fields: bool = True) -> Any:
+        """The TrainConfig from preset + the Models and Data panes + the boxes; raises PoetError on bad values."""
+        from poetwb.core.config import build_train_config
 
-        return TrainConfig.from_dict(self.config_data())
+        return build_train_config(str(self.query_one("#preset", Select).value), None, self.overrides(with_fields))
 
     def show_inputs(self) -> None:
         """Say which model, corpus and instructions Start will use (they are picked in the Models and Data panes)."""
         from rich.markup import escape
 
-        from poetwb.core.config import TrainConfig
         from poetwb.core.errors import PoetError
         from poetwb.core.preflight import describe_inputs
 
         try:
-            said = describe_inputs(TrainConfig.from_dict(self.config_data(with_fields=False)))
+            said = describe_inputs(self.build_config(with_fields=False))
         except PoetError as exc:
             text = f"[red]data: {escape(str(exc))}[/red] (Data pane, F2)"
         else:
@@ -174,10 +186,13 @@ class TrainPane(Vertical):
 
     @on(Button.Pressed, "#start")
     def start(self) -> None:
+        from poetwb.core import runs
         from poetwb.core.errors import PoetError
 
-        if any(r.state == "running" for r in self._runs()):
-            self.app.notify("a job is already running: wait for it or cancel it first", severity="warning")
+        try:
+            runs.check_can_start()
+        except PoetError as exc:
+            self.app.notify(str(exc), severity="warning")
             return
         try:
             config = self.build_config()
@@ -191,17 +206,15 @@ class TrainPane(Vertical):
     @work(thread=True, exclusive=True, exit_on_error=False, group="start")
     def launch(self, config: Any) -> None:
         """Check the inputs, then create the run and start its job; no run exists when a check fails."""
-        from poetwb.core import preflight, runs
+        from poetwb.core import runs
         from poetwb.core.errors import PoetError
 
         try:
-            preflight.check_inputs(config)
-            folder = runs.create_run(config)
-            runs.launch_detached(folder)
+            launched = runs.start_run(config)
         except PoetError as exc:
             self.app.call_from_thread(self._start_failed, str(exc))
             return
-        self.app.call_from_thread(self._started, folder.name)
+        self.app.call_from_thread(self._started, launched.run_id)
 
     def _start_failed(self, message: str) -> None:
         self.query_one("#start", Button).disabled = False
@@ -257,6 +270,8 @@ class TrainPane(Vertical):
             bar.update(total=p.total, progress=p.done)
         elif p.active:
             bar.update(total=None)  # a job that has not planned its steps yet: an indeterminate bar
+        else:
+            bar.update(total=1, progress=0)  # ended before it planned any step (a failed start): idle, not spinning
         figures = [f"{self.run_folder.name} {p.state}"]
         if p.stage:
             figures.append(f"stage {p.stage}: {p.step}/{p.stage_total}")
@@ -271,7 +286,7 @@ class TrainPane(Vertical):
         self.query_one("#train-figures", Label).update(" · ".join(figures))
         self.query_one("#train-phase", Label).update(
             p.phase or ("starting the training process (loading libraries)" if p.active else ""))
-        if p.state == "failed":
+        if p.state == RunState.FAILED:
             self.set_error(f"run failed ({status.get('cause', '')}): {status.get('error', '')}")
         elif self.error_text.startswith("run failed"):
             self.set_error("")
@@ -284,10 +299,10 @@ class TrainPane(Vertical):
         """A notification when the watched run ends, however it ends."""
         from poetwb.core.progress import describe_losses
 
-        if state == "finished":
+        if state == RunState.FINISHED:
             losses = describe_losses(status.get("eval_loss", {}))
             self.app.notify(f"run {run_id} finished" + (f": val loss {losses}" if losses else ""), timeout=15)
-        elif state == "failed":
+        elif state == RunState.FAILED:
             self.app.notify(f"run {run_id} failed: {status.get('error', '')}", severity="error", timeout=15)
         else:
             self.app.notify(f"run {run_id} {state} at stage {status.get('stage')} step {status.get('step')}",
@@ -366,12 +381,21 @@ class TrainPane(Vertical):
     # --- the runs ---------------------------------------------------------------------------------------------
 
     def refresh_runs(self) -> None:
+        """Re-read the runs in a worker: every run's status.json and config.toml are parsed off the UI thread."""
+        self.read_runs()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def read_runs(self) -> None:
+        self.post_message(RunsListed(self._runs()))
+
+    @on(RunsListed)
+    def show_runs(self, event: RunsListed) -> None:
         from poetwb.core.progress import describe_losses
 
         table = self.query_one("#runs-table", DataTable)
         cursor = table.cursor_row
         table.clear()
-        for r in self._runs():
+        for r in event.runs:
             losses = describe_losses(r.eval_loss, "  ").replace("stage ", "s")
             table.add_row(r.run_id, r.state, str(r.stage), f"{r.step}/{r.total_steps}", losses, r.error[:60],
                           key=r.run_id)
@@ -402,23 +426,25 @@ class TrainPane(Vertical):
 
         try:
             status = runs.request_cancel(run_id)
-            self.app.call_from_thread(self.app.notify, f"{run_id}: {status['state']} at step {status.get('step')}")
+            self.app.call_from_thread(self.app.notify, f"{run_id}: {status.state} at step {status.step}")
         except PoetError as exc:
             self.app.call_from_thread(self.app.notify, str(exc), severity="warning")
 
     @on(Button.Pressed, "#resume")
     def resume(self) -> None:
         from poetwb.core import runs
+        from poetwb.core.errors import PoetError
 
         if self.run_folder is None:
             self.app.notify("select a run in the table first", severity="warning")
             return
-        state = runs.read_status(self.run_folder)["state"]
-        if state in {"running", "finished"}:
-            self.app.notify(f"run {self.run_folder.name} is {state}; nothing to resume", severity="warning")
+        try:
+            runs.check_can_start()
+            launched = runs.resume_run(self.run_folder.name)
+        except PoetError as exc:
+            self.app.notify(str(exc), severity="warning", timeout=8)
             return
-        runs.launch_detached(self.run_folder)
-        self.attach(self.run_folder.name)
+        self.attach(launched.run_id)
 
     @on(Button.Pressed, "#delete-run")
     def action_delete_run(self) -> None:
