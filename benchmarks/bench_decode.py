@@ -5,7 +5,7 @@ given), every path decodes the same prompt with the report's sampling (0.7 / 0.9
 tokens (end of text is held off with min_new_tokens, so every row runs every step):
 - plain transformers `generate` on the base model alone, one row (the reference),
 - poetwb's one-pass side by side (base row + tuned row in one batch) and two sequential calls (base, then tuned),
-  each with the lean path (lean LoRA row mask + tall output head) and with the path before it (peft's forward with
+  each with the lean path (lean LoRA row mask + few-row linear layers) and with the path before it (peft's forward with
   an output mask, the plain head),
 - a batch of 8 rows of the tuned model against one row (form generation's k candidates).
 The paths are interleaved and repeated; the best of the repeats counts (the least disturbed by other processes).
@@ -74,11 +74,11 @@ def main() -> None:
     def with_path(lean: bool, fn: object) -> object:
         def run() -> float:
             generate.RowMask.LEAN = lean
-            generate.TallHead.MAX_ROWS = 16 if lean else 0
+            generate.FewRows.MAX_ROWS = 16 if lean else 0
             try:
                 return fn()  # type: ignore[operator]
             finally:
-                generate.RowMask.LEAN, generate.TallHead.MAX_ROWS = True, 16
+                generate.RowMask.LEAN, generate.FewRows.MAX_ROWS = True, 16
         return run
 
     paths = {

@@ -626,7 +626,7 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
 
     import torch
 
-    from poetwb.core.generate import TallHead
+    from poetwb.core.generate import FewRows
 
     if not 1 <= candidates <= MAX_CANDIDATES:
         raise PoetError(f"candidates per line must be in 1..{MAX_CANDIDATES}, got {candidates}")
@@ -661,7 +661,7 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         p = partners[i]
         partner_word = ends[p] if p is not None and ends[p] else None
         same_letter = {ends[j] for j in range(i) if form.lines[j].rhyme == spec.rhyme}
-        with TallHead(model):  # a no-op inside generate.columns, which holds one for the whole comparison
+        with FewRows(model):  # a no-op inside generate.columns, which holds one for the whole comparison
             cands = _sample_candidates(model, tokenizer, ctx, spec, k, sampling, classes, stop)
             if stop.is_set():
                 return

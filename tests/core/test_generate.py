@@ -82,7 +82,8 @@ def test_closing_the_stream_early_stops_generation(gpt2):
 
 @pytest.mark.parametrize("kind,targets", [("gpt2", ["c_attn", "c_fc"]), ("llama", ["q_proj", "down_proj"])])
 def test_row_mask_rows_give_each_row_exactly_its_own_model(tiny_models, tmp_path, kind, targets):
-    """The lean LoRA forward used for side-by-side rows: a base row is bit-identical to the plain base model, and
+    """The lean LoRA forward used for side-by-side rows: a base row is bit-identical to the plain base model on the
+    same batch, and
     a tuned row matches peft's own forward for that adapter (two adapters of different scales on the same layers,
     GPT-2's Conv1D layers included); closing it puts peft's forward back."""
     import torch
@@ -102,6 +103,7 @@ def test_row_mask_rows_give_each_row_exactly_its_own_model(tiny_models, tmp_path
     ids = loaded.tokenizer(["The sea is blue"] * 3, return_tensors="pt").input_ids
     with torch.inference_mode():
         want = [plain(ids[:1]).logits[0]]
+        plain_batch = plain(ids).logits  # the same batch shape: the same kernels, so bit for bit
         for name in ("a1", "a2"):
             loaded.model.set_adapter(name)
             want.append(loaded.model(ids[:1]).logits[0])
@@ -118,9 +120,30 @@ def test_row_mask_rows_give_each_row_exactly_its_own_model(tiny_models, tmp_path
             mask.close()
         loaded.model.set_adapter("a1")
         after = loaded.model(ids[:1]).logits[0]
-    assert torch.equal(got[0], want[0]) and torch.equal(none, want[0])
+    assert torch.equal(got[0], plain_batch[0]) and torch.equal(none, want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole, want[2], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(want[1], want[0]) and not torch.allclose(want[2], want[1])
     assert torch.equal(after, want[1])  # peft's own forward again
+
+
+def test_few_row_decode_steps_match_the_plain_layers(tiny_models):
+    """FewRows: a decode step of several rows gives the plain layers' logits (to float rounding), one row and the
+    prompt's prefill are bit-identical, and the layers' own forward is back after the block."""
+    import torch
+
+    model = models.load(str(tiny_models["llama"])).model
+    ids = torch.randint(5, 60, (4, 6))
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        step = torch.randint(5, 60, (4, 1))
+        want = model(input_ids=step, past_key_values=out.past_key_values).logits
+        out = model(input_ids=ids, use_cache=True)
+        one = model(input_ids=ids[:1]).logits
+        with generate.FewRows(model) as few:
+            assert few.layers
+            assert torch.equal(model(input_ids=ids[:1]).logits, one)  # prefill: plain layers
+            got = model(input_ids=step, past_key_values=out.past_key_values).logits
+        assert not any("forward" in vars(m) for m in model.modules())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
