@@ -412,6 +412,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from poetwb.console import StepsView
+    from poetwb.core import export
+
+    export.check_format(args.format, args.quant)  # bad choices fail before anything loads
+    with StepsView(f"export {args.run} as {args.format}") as view:
+        result = export.export_run(args.run, args.format, args.output, stage=args.stage, quant=args.quant,
+                                   force=args.force, progress=view)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"exported run {result.run_id} stage {result.stage} as {result.format} ({result.quant}) to {result.path} "
+          f"in {result.seconds:.1f} s")
+    for name, size in result.files.items():
+        print(f"  {name:40} {_human_bytes(size) if size >= 2**20 else f'{size / 1024:.0f} KiB':>9}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.commands:
+        print("run it with:")
+        for command in result.commands:
+            print(f"  {command}")
+    return 0
+
+
+def _export_parser(sub: Any) -> None:
+    from poetwb.core.export import FORMATS, GGUF_QUANTS, HF_DTYPES
+
+    p = sub.add_parser("export", help="merge a run's adapter into its base: HF folder, GGUF file or Ollama model",
+                       description="Merge a run's LoRA adapter into its base model and write it where other tools "
+                                   "read it. Example: poetwb export RUN --format gguf --quant q8_0 -o my-poet")
+    p.add_argument("run", help="the run id (`poetwb runs`)")
+    p.add_argument("--stage", type=int, choices=[1, 2], help="which stage's adapter (default: the newest)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="hf: safetensors folder for transformers; gguf: llama.cpp / LM Studio; ollama: GGUF + "
+                        "Modelfile")
+    p.add_argument("--quant", choices=sorted(set(GGUF_QUANTS) | set(HF_DTYPES)),
+                   help="weights type: f16 (default), bf16 or q8_0 for gguf/ollama; f32 (default), f16 or bf16 "
+                        "for hf")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(handler=cmd_export)
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from poetwb.tui.app import PoetApp
 
@@ -515,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=4096, help="useful training tokens per leg")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench)
+
+    _export_parser(sub)
     return parser
 
 
