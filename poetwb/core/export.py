@@ -588,7 +588,7 @@ def model_card(folder: Path, stage: int, fmt: str, quant: str, tokenizer: Any, s
         *front,
         f"# {folder.name} (stage {stage}): a poet made with poetwb",
         "",
-        f"A LoRA fine-tune of {base['hub_id'] or base['id']} by [poetwb](https://pypi.org/project/poetwb/) "
+        f"A LoRA fine-tune of {base['hub_id'] or base['id']} by poetwb "
         f"{__version__}, merged into its base and saved as {what}.",
         "",
         "## Use it",

@@ -422,7 +422,7 @@ class TrainPane(Vertical):
             return
         r = event.result
         size = r["total_bytes"] / 2**20
-        message = f"exported {r['run_id']} stage {r['stage']} as {r['format']} ({r['quant']}, {size:,.0f} MiB) to " \
+        message = f"exported {r['run_id']} stage {r['stage']} as {r['format']} ({r['quant']}, {size:,.1f} MiB) to " \
                   f"{r['path']}"
         if r["commands"]:
             message += "\nrun it with: " + " && ".join(r["commands"])
