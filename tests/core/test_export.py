@@ -20,6 +20,9 @@ F16_TOLERANCE = 2e-3
 """Max |logit difference| between the merged fp32 model and its f16 GGUF read back by transformers (measured on the
 tiny models: 1.4e-4 Llama, 3.3e-4 GPT-2; logits there are ~0.4 in size)."""
 
+BUNDLED_F16_TOLERANCE = 0.5
+"""The same for the bundled SmolLM2 (logits up to ~31): measured 0.22 by benchmarks/bench_export.py."""
+
 
 def make_run(base: Path, run_id: str, stages: tuple[int, ...] = (2,), targets: list[str] | None = None) -> Path:
     """A run folder with real LoRA adapters (random, non-zero B so merging changes the model)."""
@@ -282,8 +285,8 @@ def test_the_bundled_model_exports_to_a_gguf_transformers_reads_back(tmp_path):
     assert tokenizer(TEXT)["input_ids"] == reference.tokenizer(TEXT)["input_ids"]
     ours, theirs = logits(merged, reference.tokenizer), logits(model, reference.tokenizer)
     diff = (ours - theirs).abs().max().item()
-    assert diff < 0.1 * ours.abs().max().item(), f"f16 GGUF logits differ by {diff}"
-    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.9
+    assert diff < BUNDLED_F16_TOLERANCE, f"f16 GGUF logits differ by {diff}"
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
     assert greedy_ids(model, reference.tokenizer, n=12) == greedy_ids(merged, reference.tokenizer, n=12)
     size = next(v for k, v in result.files.items() if k.endswith(".gguf"))
     assert 250 * 2**20 < size < 300 * 2**20  # 135M parameters at 2 bytes
