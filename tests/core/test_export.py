@@ -248,7 +248,9 @@ def test_cli_export_prints_files_and_the_ollama_commands_and_refuses_overwrite(t
     folder = make_run(tiny_gpt2, "cli")
     out = tmp_path / "poet"
     assert main(["export", folder.name, "--format", "ollama", "-o", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "export cli as ollama: converting tensors to f16" in captured.err  # progress, plain lines off a tty
     assert "Modelfile" in printed and "cli-stage2-f16.gguf" in printed
     assert f"ollama create poetwb-cli-s2 -f {out / 'Modelfile'}" in printed and "ollama run poetwb-cli-s2" in printed
     assert main(["export", folder.name, "--format", "ollama", "-o", str(out)]) == 1
