@@ -40,7 +40,7 @@ async def test_export_from_the_train_pane_writes_an_ollama_model_and_says_how_to
         await pilot.press("f3")
         await pilot.pause()
         app.query_one("#train-pane").attach("poet")
-        await pilot.click("#export")
+        await pilot.click("#train-export")
         await pilot.pause()
         dialog = app.screen
         assert dialog.query_one("#export-output", Input).value.endswith("poet-gguf")
@@ -59,7 +59,7 @@ async def test_export_from_the_train_pane_writes_an_ollama_model_and_says_how_to
 
         # again into the same folder without "replace": refused, with the reason, and nothing changes
         before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-        await pilot.click("#export")
+        await pilot.click("#train-export")
         await pilot.pause()
         app.screen.query_one("#export-output", Input).value = str(out)
         await pilot.click("#export-go")

@@ -61,7 +61,7 @@ class TrainPane(Vertical):
             yield Button("Cancel", id="cancel", variant="error")
             yield Button("Resume", id="resume")
             yield Button("Evaluate", id="evaluate")
-            yield Button("Export", id="export")
+            yield Button("Export", id="train-export")
             yield Button("Delete run", id="delete-run")
         yield Static("", id="train-inputs", classes="hint")
         with Grid(id="hyper"):
@@ -371,7 +371,7 @@ class TrainPane(Vertical):
 
     # --- export -----------------------------------------------------------------------------------------------
 
-    @on(Button.Pressed, "#export")
+    @on(Button.Pressed, "#train-export")
     def open_export(self) -> None:
         from poetwb.tui.widgets.export_dialog import ExportDialog
 
