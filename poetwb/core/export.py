@@ -192,6 +192,10 @@ def export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None =
         raise PoetError(f"GGUF export does not support the {model_type} architecture "
                         f"({', '.join(base_config.get('architectures') or [])}); supported: Llama-shaped and "
                         "GPT-2 models. Use --format hf")
+    if fmt != "hf":  # a tokenizer GGUF cannot describe is said before the weights load
+        from transformers import AutoTokenizer
+
+        check_tokenizer(AutoTokenizer.from_pretrained(base_folder))
     check_disk(target, estimate_bytes(models.shape_from_config(base_config).params, fmt, quant))
 
     report(0, 0, "loading the base model and the adapter")
