@@ -205,6 +205,8 @@ def export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None =
     merged.eval()
     tokenizer = loaded.tokenizer
     template_added = ensure_chat_template(tokenizer)
+    if sample_tokens:
+        report(0, 0, "writing a sample poem for the model card")
     sample = sample_poem(merged, tokenizer, stage, sample_tokens) if sample_tokens else None
     notes: list[str] = []
     if template_added:
