@@ -555,6 +555,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from poetwb.console import StepsView
+    from poetwb.core import export
+
+    export.check_format(args.format, args.quant)  # bad choices fail before anything loads
+    with StepsView(f"export {args.run} as {args.format}") as view:
+        result = export.export_run(args.run, args.format, args.output, stage=args.stage, quant=args.quant,
+                                   force=args.force, progress=view)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"exported run {result.run_id} stage {result.stage} as {result.format} ({result.quant}) to {result.path} "
+          f"in {result.seconds:.1f} s")
+    for name, size in result.files.items():
+        print(f"  {name:40} {_human_bytes(size) if size >= 2**20 else f'{size / 1024:.0f} KiB':>9}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.commands:
+        print("run it with:")
+        for command in result.commands:
+            print(f"  {command}")
+    return 0
+
+
+def _export_parser(sub: Any) -> None:
+    from poetwb.core.export import FORMATS, GGUF_QUANTS, HF_DTYPES
+
+    p = sub.add_parser("export", help="merge a run's adapter into its base: HF folder, GGUF file or Ollama model",
+                       description="Merge a run's LoRA adapter into its base model and write it where other tools "
+                                   "read it.")
+    p.add_argument("run", help="the run id (`poetwb runs`)")
+    p.add_argument("--stage", type=int, choices=[1, 2], help="which stage's adapter (default: the newest)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="hf: safetensors folder for transformers; gguf: llama.cpp / LM Studio; ollama: GGUF + "
+                        "Modelfile")
+    p.add_argument("--quant", choices=sorted(set(GGUF_QUANTS) | set(HF_DTYPES)),
+                   help="weights type: f16 (default), bf16 or q8_0 for gguf/ollama; f32 (default), f16 or bf16 "
+                        "for hf")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(handler=cmd_export)
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from poetwb.tui.app import PoetApp
 
@@ -611,7 +655,11 @@ EXAMPLES: dict[str, str] = {
   poetwb compare -a RUN -p "Write a poem about the sea" --instruct
   poetwb compare -a RUN -a RUN2 --form limerick -p "A cat sat" --save both""",
     "report": "example:\n  poetwb report RUN -o report.md",
-    "bench": "example:\n  poetwb bench train --tokens 2048 --json",
+    "bench": "examples:\n  poetwb bench train --tokens 2048 --json\n  poetwb bench train --profile",
+    "export": """examples:
+  poetwb export RUN --format hf -o my-poet              a merged model for plain transformers
+  poetwb export RUN --format gguf --quant q8_0 -o my-poet-gguf
+  poetwb export RUN --format ollama -o my-poet-ollama   then: ollama create my-poet -f my-poet-ollama/Modelfile""",
     "poems": """examples:
   poetwb poems list --search sea
   poetwb poems export --one-file -o poems.md
@@ -758,6 +806,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="interface to listen on; anything but loopback is reachable from other machines")
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     p.set_defaults(handler=cmd_serve)
+
+
+    _export_parser(sub)
     return parser
 
 

@@ -451,7 +451,11 @@ def attach_adapter(model: Any, adapter_path: Path, model_id: str, name: str = "d
         meta = json.loads((adapter_path / "adapter_config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PoetError(f"{adapter_path}/adapter_config.json is not valid JSON; the adapter is damaged") from exc
-    made_for = meta.get("base_model_name_or_path") or "another model"
+    from poetwb.core.portable import read_provenance
+
+    # provenance.json names the base as poetwb knows it; base_model_name_or_path names its hub id (portable)
+    made_for = ((read_provenance(adapter_path) or {}).get("base_model") or {}).get("id") \
+        or meta.get("base_model_name_or_path") or "another model"
     try:
         if first:
             return PeftModel.from_pretrained(model, adapter_path, adapter_name=name, is_trainable=False)

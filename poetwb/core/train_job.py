@@ -231,20 +231,28 @@ class Job:
         if callback.cancelled:
             self.status(state=runs.RunState.CANCELLED, cancelled=runs.now_iso(), phase="")
             return False
+        held_out: dict[str, float] = {}  # for the adapter's provenance.json
         for name, ds in eval_sets.items():
             if name == "val":
                 continue
             self.phase(f"stage {stage}: measuring {name} loss ({len(ds):,} examples)")
             metrics = trainer.evaluate(ds, metric_key_prefix=name)
+            held_out[f"{name}_loss"] = metrics[f"{name}_loss"]
             self.metric({"stage": stage, "step": trainer.state.global_step, "epoch": trainer.state.epoch,
                          "total_steps": trainer.state.max_steps, f"{name}_loss": metrics[f"{name}_loss"],
                          "learning_rate": callback.learning_rate, "tokens_per_s": callback.tokens_per_s,
                          "elapsed_s": self.elapsed()})
+        final = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if final:  # the val loss the saved adapter reached (keep_best: the best seen)
+            held_out["val_loss"] = min(h["eval_loss"] for h in final) if s.keep_best else final[-1]["eval_loss"]
         if self.main:
+            from poetwb.core.portable import make_portable
+
             self.phase(f"saving the stage-{stage} adapter")
             with atomic_dir(runs.adapter_dir(self.folder, stage)) as tmp:
                 model.save_pretrained(tmp)
-        final = [h for h in trainer.state.log_history if "eval_loss" in h]
+                make_portable(tmp, spec=self.config.model, tokenizer=tokenizer, run_id=self.folder.name,
+                              stage=stage, config=self.config.to_dict(), held_out=held_out)
         if final:
             status = runs.read_status(self.folder)
             losses = dict(status.get("eval_loss", {}))

@@ -52,3 +52,23 @@ class RunsListed(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, RunsListed)
+
+
+@dataclass
+class ExportProgress(Message):
+    """An export worker's progress (done of total in the current phase, 0 total: no count) and what it is doing."""
+
+    done: int
+    total: int
+    what: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ExportProgress)
+
+
+@dataclass
+class ExportDone(Message):
+    """An export finished (result: ExportResult.to_dict()) or failed (error, one line)."""
+
+    result: dict | None
+    error: str = ""

@@ -15,7 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
 from poetwb.core.runs import ACTIVE, RunState
-from poetwb.tui.messages import EvalDone, EvalProgress, RunsListed
+from poetwb.tui.messages import EvalDone, EvalProgress, ExportDone, ExportProgress, RunsListed
 from poetwb.tui.widgets.loss_chart import LossChart
 from poetwb.tui.workers import WorkerErrors
 
@@ -60,6 +60,7 @@ class TrainPane(WorkerErrors, Vertical):
         self.metrics_offset = 0
         self.last_state: str | None = None
         self.evaluating = False
+        self.exporting = False
         self.error_text = ""
 
     def compose(self) -> ComposeResult:
@@ -72,6 +73,7 @@ class TrainPane(WorkerErrors, Vertical):
             yield Button("Cancel", id="cancel", variant="error")
             yield Button("Resume", id="resume")
             yield Button("Evaluate", id="evaluate")
+            yield Button("Export", id="train-export")
             yield Button("Delete run", id="delete-run")
         yield Static("", id="train-inputs", classes="hint")
         with Grid(id="hyper"):
@@ -87,6 +89,9 @@ class TrainPane(WorkerErrors, Vertical):
         with Horizontal(id="eval-progress-row"):
             yield ProgressBar(id="eval-progress", show_eta=True)
             yield Label("", id="eval-status")
+        with Horizontal(id="export-progress-row"):
+            yield ProgressBar(id="export-progress", show_eta=False)
+            yield Label("", id="export-status")
         with Horizontal(id="eval-row"):
             yield Static("", id="eval-table")
             yield Static("", id="metrics-table")
@@ -100,6 +105,7 @@ class TrainPane(WorkerErrors, Vertical):
         self.fill_from_preset(DEFAULT_PRESET)
         self.query_one("#train-progress", ProgressBar).update(total=1, progress=0)  # idle, not "indeterminate"
         self.query_one("#eval-progress-row").display = False
+        self.query_one("#export-progress-row").display = False
         self.set_error("")
         self.show_eval(None)
         self.refresh_runs()
@@ -377,6 +383,65 @@ class TrainPane(WorkerErrors, Vertical):
             return
         self.show_saved_eval()
         self.app.notify("evaluation done")
+
+    # --- export -----------------------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#train-export")
+    def open_export(self) -> None:
+        from poetwb.tui.widgets.export_dialog import ExportDialog
+
+        run_id = self.run_folder.name if self.run_folder is not None else self.highlighted_run()
+        if run_id is None:
+            self.app.notify("no run to export yet: train one first", severity="warning")
+            return
+        if self.exporting:
+            self.app.notify("an export is already running", severity="warning")
+            return
+
+        def answered(choice: dict[str, Any] | None) -> None:
+            if choice:
+                self.exporting = True
+                self.query_one("#export-progress-row").display = True
+                self.query_one("#export-progress", ProgressBar).update(total=None, progress=0)
+                self.query_one("#export-status", Label).update(f"exporting {run_id} as {choice['format']}…")
+                self.run_export(run_id, choice)
+
+        self.app.push_screen(ExportDialog(run_id), answered)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
+    def run_export(self, run_id: str, choice: dict[str, Any]) -> None:
+        from poetwb.core.errors import first_line
+        from poetwb.core.export import export_run
+
+        try:
+            result = export_run(run_id, choice["format"], choice["output"], stage=choice["stage"],
+                                quant=choice["quant"], force=choice["force"],
+                                progress=lambda d, t, what: self.post_message(ExportProgress(d, t, what)))
+        except Exception as exc:  # a bad choice (PoetError) or a failure (out of memory, disk): one line, no trace
+            self.post_message(ExportDone(None, first_line(exc)))
+            return
+        self.post_message(ExportDone(result.to_dict()))
+
+    @on(ExportProgress)
+    def export_progress(self, event: ExportProgress) -> None:
+        self.query_one("#export-progress", ProgressBar).update(total=event.total or None, progress=event.done)
+        count = f" ({event.done}/{event.total})" if event.total else ""
+        self.query_one("#export-status", Label).update(f"export: {event.what}{count}")
+
+    @on(ExportDone)
+    def export_done(self, event: ExportDone) -> None:
+        self.exporting = False
+        self.query_one("#export-progress-row").display = False
+        if event.error or not event.result:
+            self.app.notify(f"export failed: {event.error}", severity="error", timeout=10)
+            return
+        r = event.result
+        size = r["total_bytes"] / 2**20
+        message = f"exported {r['run_id']} stage {r['stage']} as {r['format']} ({r['quant']}, {size:,.1f} MiB) to " \
+                  f"{r['path']}"
+        if r["commands"]:
+            message += "\nrun it with: " + " && ".join(r["commands"])
+        self.app.notify(message, timeout=20)
 
     # --- the runs ---------------------------------------------------------------------------------------------
 
