@@ -26,7 +26,7 @@ def test_a_trained_adapter_names_its_hub_base_and_loads_with_plain_autopeft(tiny
     hf_cache(REPO, tiny_llama)  # the base as it would be on another machine: in the HF cache under its hub id
     text = tiny_train_config("llama", steps1=2, steps2=2).replace(f'model = "{tiny_llama}"', f'model = "{REPO}"')
     folder = runs.create_run(TrainConfig.from_toml(text), "portable")
-    assert run_job(folder) == "finished"
+    assert run_job(folder).state == "finished"
 
     for stage in (1, 2):
         adapter = runs.adapter_dir(folder, stage)
