@@ -7,6 +7,7 @@ file (a one-file export of several poems) CommonMark reads it as a rule and a he
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -215,7 +216,9 @@ def provenance(poem: Poem) -> list[tuple[str, str]]:
 
 
 def to_markdown(poem: Poem, level: int = 1) -> str:
-    """One poem: a heading (its first line), the verse, and its provenance as a bullet list."""
+    """One poem: a heading (its first line), the verse, and its provenance as a bullet list. Text that came from a
+    model or a user is made terminal-safe first (core.text.safe_text)."""
+    poem = dataclasses.replace(poem, text=safe_text(poem.text), prompt=safe_text(poem.prompt))
     lines = [f"{'#' * level} {_escape(poem.title)}", "", escape_verse(poem.text) or "*(empty)*", ""]
     lines += [f"- **{label}:** {_INLINE.sub(_BACKSLASHED, ' '.join(value.split())) or '(none)'}"
               for label, value in provenance(poem)]
