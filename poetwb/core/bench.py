@@ -27,6 +27,8 @@ class Leg:
     held_out_loss: float
     peak_rss_mb: float | None = None
     """Peak resident memory of the process while this leg trained (sampled; None where /proc is missing)."""
+    added_rss_mb: float | None = None
+    """How far the peak rose above what was resident when the leg began: the leg's own training memory."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -48,12 +50,14 @@ def matmul_peak(dtype_name: str, n: int = 1024, reps: int = 3) -> float:
 
 class PeakMemory:
     """The process's peak resident memory during a block, sampled every 20 ms from /proc (Linux); a separate
-    figure per block, unlike ru_maxrss which only grows."""
+    figure per block, unlike ru_maxrss which only grows. `start_mb` is what was resident when the block began (in a
+    second leg of one process that includes the first leg's freed but kept memory), `added_mb` the peak above it."""
 
     def __init__(self) -> None:
         import threading
 
         self.peak_mb: float | None = None
+        self.start_mb: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -72,8 +76,12 @@ class PeakMemory:
             if rss is not None:
                 self.peak_mb = max(self.peak_mb or 0.0, rss)
 
+    @property
+    def added_mb(self) -> float | None:
+        return None if self.peak_mb is None or self.start_mb is None else self.peak_mb - self.start_mb
+
     def __enter__(self) -> PeakMemory:
-        self.peak_mb = self._rss_mb()
+        self.peak_mb = self.start_mb = self._rss_mb()
         self._thread.start()
         return self
 
@@ -110,7 +118,7 @@ def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stag
         trainer.train()
         seconds = time.perf_counter() - start
     return Leg(name, trainer.state.global_step, int(trainer.state.num_input_tokens_seen), seconds,
-               held_out_loss(model, held_out, tokenizer.pad_token_id), memory.peak_mb)
+               held_out_loss(model, held_out, tokenizer.pad_token_id), memory.peak_mb, memory.added_mb)
 
 
 def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_tokens: int = 4096,
@@ -207,7 +215,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"model {result['model']} ({result['params'] / 1e6:.0f}M params), budget ~{result['budget_tokens']} "
              f"useful tokens, held-out loss before training {result['base_held_out_loss']:.3f}"]
     for leg in result["legs"]:
-        memory = f"{leg['peak_rss_mb']:6.0f} MB peak RSS" if leg.get("peak_rss_mb") else ""
+        memory = (f"peak RSS {leg['peak_rss_mb']:.0f} MB (+{leg['added_rss_mb']:.0f} MB in training)"
+                  if leg.get("peak_rss_mb") and leg.get("added_rss_mb") is not None else "")
         lines.append(f"  {leg['name']:45} {leg['steps']:4d} steps  {leg['useful_tokens']:6d} useful tokens  "
                      f"{leg['tokens_per_s']:7.1f} useful tok/s  held-out loss {leg['held_out_loss']:.3f}  {memory}")
     a, b = result["legs"]

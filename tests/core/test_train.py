@@ -287,4 +287,4 @@ def test_bench_train_compares_both_legs_and_profiles_a_step(tiny_models):
     assert all(math.isfinite(leg["held_out_loss"]) and leg["peak_rss_mb"] > 0 for leg in (a, b))
     assert "lr" in b["name"] and result["profile"] and any(r["op"].startswith("aten::") for r in result["profile"])
     text = bench.format_report(result)
-    assert "poetwb / report" in text and "where a training step's time goes" in text and "MB peak RSS" in text
+    assert "poetwb / report" in text and "where a training step's time goes" in text and "peak RSS" in text
