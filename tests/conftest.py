@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,18 @@ save_steps = 2
 """
 
     return make
+
+
+@pytest.fixture
+def wait_for():
+    """Poll a predicate every 0.2 s until it holds (returns True) or the timeout ends (fails the test)."""
+
+    def wait(predicate, timeout: float = 180.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.2)
+        raise AssertionError("timed out waiting")
+
+    return wait

@@ -234,7 +234,6 @@ class RowMask:
         self.rank_masks: dict[tuple[int, ...], Any] = {}  # fast layers, by their ranks per adapter
         self.patched: list[Any] = []
         self.hooks: list[Any] = []
-        self._layout: list[str | None] | str | None = None
         if names:
             model.base_model.set_adapter(names) if len(names) > 1 else model.set_adapter(names[0])
         used: set[str] = set()

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from poetwb.core.runs import RunState, RunStatus
 
 def _config(tiny_gpt2, tiny_corpus) -> TrainConfig:
     return TrainConfig.from_dict({"model": str(tiny_gpt2), "corpus": {"kind": "local", "path": str(tiny_corpus)}})
-
-
-def _wait_for(predicate, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
 
 
 def test_run_status_reads_typed_and_keeps_keys_it_does_not_know(tmp_path):
@@ -83,10 +73,10 @@ def test_a_launch_that_cannot_start_is_one_line_and_leaves_the_run_resumable(tin
     assert "could not start the training process" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_job_that_dies_before_it_speaks_reads_as_a_failed_launch(tiny_gpt2, tiny_corpus):
+def test_a_job_that_dies_before_it_speaks_reads_as_a_failed_launch(tiny_gpt2, tiny_corpus, wait_for):
     folder = runs.create_run(_config(tiny_gpt2, tiny_corpus), "dies")
     pid = runs.launch_detached(folder, python="/bin/false")
-    _wait_for(lambda: runs.read_run_status(folder).state is RunState.FAILED, timeout=20)
+    wait_for(lambda: runs.read_run_status(folder).state is RunState.FAILED, timeout=20)
     status = runs.read_run_status(folder)
     assert status.cause == "launch failed" and f"pid {pid}" in status.error and "stdout.txt" in status.error
     assert not (folder / "status.json").exists()
@@ -94,7 +84,7 @@ def test_a_job_that_dies_before_it_speaks_reads_as_a_failed_launch(tiny_gpt2, ti
 
 
 @pytest.mark.slow
-def test_status_json_is_written_only_by_the_job(tiny_train_config, monkeypatch, capsys):
+def test_status_json_is_written_only_by_the_job(tiny_train_config, monkeypatch, capsys, wait_for):
     written: list[str] = []
 
     def spy(original):
@@ -113,7 +103,7 @@ def test_status_json_is_written_only_by_the_job(tiny_train_config, monkeypatch, 
     out = json.loads(capsys.readouterr().out)
     folder = paths.run_dir("d")
     assert out == {"schema": 1, "run_id": "d", "path": str(folder), "pid": out["pid"], "state": "queued"}
-    _wait_for(lambda: runs.read_run_status(folder).state is RunState.FINISHED)
+    wait_for(lambda: runs.read_run_status(folder).state is RunState.FINISHED)
     status = json.loads((folder / "status.json").read_text())
     assert status["pid"] == out["pid"] and status["schema"] == 1  # written by the launched job itself
     assert "status.json" not in written and {"config.toml", "launch.json"} <= set(written)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -192,18 +191,9 @@ def _spawn_detached(capsys, config_text: str, run_id: str) -> Path:
     return paths.run_dir(run_id)
 
 
-def _wait_for(predicate, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
-def test_cancel_stops_cleanly_and_keeps_a_checkpoint(tiny_train_config, capsys):
+def test_cancel_stops_cleanly_and_keeps_a_checkpoint(tiny_train_config, capsys, wait_for):
     folder = _spawn_detached(capsys, tiny_train_config("gpt2", steps1=5000, steps2=2), "cx")
-    _wait_for(lambda: runs.read_status(folder).get("step", 0) >= 2)
+    wait_for(lambda: runs.read_status(folder).get("step", 0) >= 2)
     assert main(["cancel", "cx"]) == 0
     assert "cancelled" in capsys.readouterr().out
     assert runs.read_status(folder)["state"] == "cancelled"
@@ -211,12 +201,12 @@ def test_cancel_stops_cleanly_and_keeps_a_checkpoint(tiny_train_config, capsys):
     assert main(["cancel", "cx"]) == 1  # nothing left to cancel
 
 
-def test_kill_9_shows_interrupted_and_resume_finishes(tiny_train_config, capsys):
+def test_kill_9_shows_interrupted_and_resume_finishes(tiny_train_config, capsys, wait_for):
     folder = _spawn_detached(capsys, tiny_train_config("gpt2", steps1=150, steps2=2), "k9")
-    _wait_for(lambda: runs.last_checkpoint(folder, 1) is not None)
+    wait_for(lambda: runs.last_checkpoint(folder, 1) is not None)
     pid = runs.read_status(folder)["pid"]
     os.killpg(pid, signal.SIGKILL)
-    _wait_for(lambda: runs.read_status(folder)["state"] == "interrupted", timeout=30)
+    wait_for(lambda: runs.read_status(folder)["state"] == "interrupted", timeout=30)
     assert main(["runs"]) == 0
     assert "interrupted" in capsys.readouterr().out
     resumed_from = int(runs.last_checkpoint(folder, 1).name.split("-")[1])
