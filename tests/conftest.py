@@ -87,6 +87,35 @@ def tiny_llama(tiny_models) -> Path:
     return tiny_models["llama"]
 
 
+def _make_run(base: Path, run_id: str, stages: tuple[int, ...] = (2,), targets: list[str] | None = None) -> Path:
+    """A finished run folder of the tiny model `base` with real LoRA adapters (random, non-zero B, so an adapter
+    changes the model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from poetwb.core import models, runs
+    from poetwb.core.config import TrainConfig
+
+    folder = runs.create_run(TrainConfig.from_dict({"model": str(base), "corpus": {"kind": "bundled"}}), run_id)
+    config = models.read_config(base)
+    targets = targets or (["c_attn", "c_proj", "c_fc"] if config["model_type"] == "gpt2"
+                          else ["q_proj", "k_proj", "v_proj", "o_proj"])
+    for stage in stages:
+        torch.manual_seed(stage)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+        lora.save_pretrained(runs.adapter_dir(folder, stage))
+    runs.update_status(folder, state="finished", eval_loss={"stage2_start": 4.0, "stage2_end": 3.5})
+    return folder
+
+
+@pytest.fixture
+def make_run():
+    """make_run(base, run_id, stages=(2,), targets=None): a finished run with random LoRA adapters."""
+    return _make_run
+
+
 @pytest.fixture(autouse=True)
 def poet_home(tmp_path, monkeypatch) -> Path:
     """Every test gets its own data dir and an empty HF cache; the converted bundled model is shared."""

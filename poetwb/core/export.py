@@ -381,8 +381,10 @@ def _vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, spec: str, run_id: str, stage: int,
-               report: Progress) -> list[str]:
-    """Write model (merged, fp32) and its tokenizer as one GGUF file; returns notes for the user."""
+               report: Progress, describe: str | None = None) -> list[str]:
+    """Write model (merged, fp32) and its tokenizer as one GGUF file; returns notes for the user.
+
+    describe: the file's description when it is not a run's merged poet (a base model for the llama.cpp engine)."""
     import gguf
     import torch
 
@@ -404,14 +406,14 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, spec: str, ru
     shutil.rmtree(scratch)
     pre, notes = pre_tokenizer_name(tokenizer, tj, spec)
 
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
     writer = gguf.GGUFWriter(path, arch)
     base = base_record(spec)
     writer.add_type("model")
-    writer.add_name(f"{run_id} stage {stage}")
-    writer.add_description(f"A poet fine-tuned with poetwb {__version__} (LoRA, run {run_id}, stage {stage}), "
-                           f"merged into {base['hub_id'] or base['id']}")
+    writer.add_name(f"{run_id} stage {stage}" if describe is None else base["hub_id"] or base["id"])
+    writer.add_description(describe or f"A poet fine-tuned with poetwb {__version__} (LoRA, run {run_id}, "
+                           f"stage {stage}), merged into {base['hub_id'] or base['id']}")
     writer.add_base_model_count(1)
     writer.add_base_model_name(0, base["hub_id"] or base["id"])
     if base["hub_id"]:

@@ -52,7 +52,7 @@ class RowStats:
     seconds: float = 0.0
     """Decode time until this row ended (model loading not included)."""
     reason: str = "running"
-    """end of text | max tokens | cancelled | form complete | running."""
+    """end of text | max tokens | context full (llama.cpp) | cancelled | form complete | running."""
 
     @property
     def tokens_per_s(self) -> float:

@@ -45,7 +45,8 @@ class PoetApp(App[None]):
         self.corpus: dict[str, Any] = {}
         self.instructions: dict[str, Any] = {}
         self._library: Library | None = None
-        self._models: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._models: dict[tuple[Any, ...], Any] = {}
+        """Loaded models: one torch model (model, adapters) and one llama.cpp engine ('llamacpp', model, adapters)."""
         self._models_lock = threading.Lock()
 
     @property
@@ -146,11 +147,37 @@ class PoetApp(App[None]):
         key = (model, adapters)
         with self._models_lock:
             if key not in self._models:
-                self._models.clear()  # keep one model in memory at a time
+                self._drop(llama=False)  # keep one torch model in memory at a time
                 extra = "" if not adapters else " and its adapter" if len(adapters) == 1 else " and its adapters"
                 self.say(models.loading_note(model) + extra + "…", timeout=8)
                 self._models[key] = models.load(model, adapters=list(adapters))
             return self._models[key]
+
+    def load_engine(self, model: str, adapters: tuple[str, ...] = (), asked: str = "auto") -> Any:
+        """The llama.cpp engine for a model and its adapters, loaded once and cached like load_model; None where
+        auto falls back to torch (a model or adapter llama.cpp cannot run). Called from worker threads."""
+        from pathlib import Path
+
+        from poetwb.core import llamacpp
+        from poetwb.core.errors import PoetError
+
+        key = ("llamacpp", model, adapters)
+        with self._models_lock:
+            if key not in self._models:
+                self._drop(llama=True)  # and one llama.cpp engine
+                self.say("loading the model for llama.cpp…", timeout=8)
+                try:
+                    self._models[key] = llamacpp.Engine.for_run(model, [Path(a) for a in adapters])
+                except PoetError as exc:
+                    if asked == "llamacpp":
+                        raise
+                    self.say(f"llama.cpp cannot run this model ({exc}); using torch", timeout=8)
+                    self._models[key] = None
+            return self._models[key]
+
+    def _drop(self, llama: bool) -> None:
+        for key in [k for k in self._models if (k[0] == "llamacpp") == llama]:
+            del self._models[key]
 
     def on_unmount(self) -> None:
         for pane in self.query("#poems-pane"):  # a deletion still undoable becomes final before the library closes

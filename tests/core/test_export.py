@@ -12,7 +12,6 @@ import torch
 
 from poetwb.cli import main
 from poetwb.core import export, generate, models, runs
-from poetwb.core.config import TrainConfig
 from poetwb.core.errors import PoetError
 
 TEXT = "Shall I compare thee to a summer's day? The sea is blue"
@@ -22,24 +21,6 @@ tiny models: 1.4e-4 Llama, 3.3e-4 GPT-2; logits there are ~0.4 in size)."""
 
 BUNDLED_F16_TOLERANCE = 0.5
 """The same for the bundled SmolLM2 (logits up to ~31): measured 0.22 by benchmarks/bench_export.py."""
-
-
-def make_run(base: Path, run_id: str, stages: tuple[int, ...] = (2,), targets: list[str] | None = None) -> Path:
-    """A run folder with real LoRA adapters (random, non-zero B so merging changes the model)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = runs.create_run(TrainConfig.from_dict({"model": str(base), "corpus": {"kind": "bundled"}}), run_id)
-    config = models.read_config(base)
-    targets = targets or (["c_attn", "c_proj", "c_fc"] if config["model_type"] == "gpt2"
-                          else ["q_proj", "k_proj", "v_proj", "o_proj"])
-    for stage in stages:
-        torch.manual_seed(stage)
-        model = AutoModelForCausalLM.from_pretrained(base)
-        lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-        lora.save_pretrained(runs.adapter_dir(folder, stage))
-    runs.update_status(folder, state="finished", eval_loss={"stage2_start": 4.0, "stage2_end": 3.5})
-    return folder
 
 
 def base_plus_adapter(base: Path, folder: Path, stage: int = 2):
@@ -72,7 +53,7 @@ def gguf_model(folder: Path, config: dict):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_hf_export_loads_with_plain_transformers_and_generates_what_base_plus_adapter_does(kind, tiny_models,
-                                                                                         tmp_path):
+                                                                                         tmp_path, make_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = tiny_models[kind]
@@ -102,7 +83,7 @@ def test_hf_export_loads_with_plain_transformers_and_generates_what_base_plus_ad
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_gguf_f16_read_back_by_transformers_matches_the_merged_model(kind, tiny_models, tmp_path):
+def test_gguf_f16_read_back_by_transformers_matches_the_merged_model(kind, tiny_models, tmp_path, make_run):
     base = tiny_models[kind]
     folder = make_run(base, f"run-{kind}")
     result = export.export_run(folder.name, "gguf", tmp_path / "gguf", sample_tokens=0)
@@ -120,7 +101,7 @@ def test_gguf_f16_read_back_by_transformers_matches_the_merged_model(kind, tiny_
         generate.format_prompt(reference.tokenizer, "Write a poem", instruct=True)
 
 
-def test_gguf_metadata_has_the_tokenizer_sampling_defaults_and_permuted_llama_attention(tiny_llama, tmp_path):
+def test_gguf_metadata_has_the_tokenizer_sampling_defaults_and_permuted_llama_attention(tiny_llama, tmp_path, make_run):
     from gguf import GGUFReader
 
     folder = make_run(tiny_llama, "meta")
@@ -147,7 +128,7 @@ def test_gguf_metadata_has_the_tokenizer_sampling_defaults_and_permuted_llama_at
 
 
 @pytest.mark.parametrize("quant, tolerance", [("q8_0", 0.15), ("bf16", 0.05)])
-def test_quantized_gguf_is_smaller_or_equal_and_close(quant, tolerance, tiny_gpt2, tmp_path):
+def test_quantized_gguf_is_smaller_or_equal_and_close(quant, tolerance, tiny_gpt2, tmp_path, make_run):
     folder = make_run(tiny_gpt2, "q")
     f16 = export.export_run(folder.name, "gguf", tmp_path / "f16", sample_tokens=0)
     small = export.export_run(folder.name, "gguf", tmp_path / quant, quant=quant, sample_tokens=0)
@@ -162,7 +143,7 @@ def test_quantized_gguf_is_smaller_or_equal_and_close(quant, tolerance, tiny_gpt
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_ollama_modelfile_reproduces_the_trained_prompt_and_the_run_sampling(kind, tiny_models, tmp_path):
+def test_ollama_modelfile_reproduces_the_trained_prompt_and_the_run_sampling(kind, tiny_models, tmp_path, make_run):
     folder = make_run(tiny_models[kind], "oll")
     result = export.export_run(folder.name, "ollama", tmp_path / "o", sample_tokens=0)
     text = (tmp_path / "o" / "Modelfile").read_text()
@@ -178,7 +159,7 @@ def test_ollama_modelfile_reproduces_the_trained_prompt_and_the_run_sampling(kin
                                "ollama run poetwb-oll-s2"]
 
 
-def test_a_stage1_ollama_model_continues_raw_text(tiny_llama, tmp_path):
+def test_a_stage1_ollama_model_continues_raw_text(tiny_llama, tmp_path, make_run):
     folder = make_run(tiny_llama, "s1", stages=(1,))
     result = export.export_run(folder.name, "ollama", tmp_path / "o", sample_tokens=0)
     assert result.stage == 1
@@ -187,7 +168,7 @@ def test_a_stage1_ollama_model_continues_raw_text(tiny_llama, tmp_path):
         export.export_run(folder.name, "gguf", tmp_path / "x", stage=2)
 
 
-def test_existing_output_is_kept_without_force_and_replaced_with_it(tiny_gpt2, tmp_path):
+def test_existing_output_is_kept_without_force_and_replaced_with_it(tiny_gpt2, tmp_path, make_run):
     folder = make_run(tiny_gpt2, "keep")
     out = tmp_path / "out"
     out.mkdir()
@@ -201,7 +182,7 @@ def test_existing_output_is_kept_without_force_and_replaced_with_it(tiny_gpt2, t
         export.export_run(folder.name, "gguf", tmp_path / "poetwb-home", force=True)
 
 
-def test_a_crash_while_writing_leaves_nothing_that_looks_complete(tiny_gpt2, tmp_path, monkeypatch):
+def test_a_crash_while_writing_leaves_nothing_that_looks_complete(tiny_gpt2, tmp_path, monkeypatch, make_run):
     folder = make_run(tiny_gpt2, "crash")
     real = export.write_gguf
 
@@ -216,7 +197,7 @@ def test_a_crash_while_writing_leaves_nothing_that_looks_complete(tiny_gpt2, tmp
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(("o", ".tmp-o"))] == []
 
 
-def test_not_enough_disk_space_is_said_before_writing(tiny_gpt2, tmp_path, monkeypatch):
+def test_not_enough_disk_space_is_said_before_writing(tiny_gpt2, tmp_path, monkeypatch, make_run):
     import shutil
     from collections import namedtuple
 
@@ -228,7 +209,7 @@ def test_not_enough_disk_space_is_said_before_writing(tiny_gpt2, tmp_path, monke
     assert not (tmp_path / "o").exists()
 
 
-def test_an_unsupported_architecture_gets_one_line_naming_it(tiny_gpt2, tmp_path):
+def test_an_unsupported_architecture_gets_one_line_naming_it(tiny_gpt2, tmp_path, make_run):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
@@ -244,7 +225,7 @@ def test_an_unsupported_architecture_gets_one_line_naming_it(tiny_gpt2, tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_export_prints_files_and_the_ollama_commands_and_refuses_overwrite(tiny_gpt2, tmp_path, capsys):
+def test_cli_export_prints_files_and_the_ollama_commands_and_refuses_overwrite(tiny_gpt2, tmp_path, capsys, make_run):
     folder = make_run(tiny_gpt2, "cli")
     out = tmp_path / "poet"
     assert main(["export", folder.name, "--format", "ollama", "-o", str(out)]) == 0
@@ -262,7 +243,7 @@ def test_cli_export_prints_files_and_the_ollama_commands_and_refuses_overwrite(t
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
 
-def test_llama_cpp_generates_from_the_gguf_where_it_is_installed(tiny_llama, tmp_path):
+def test_llama_cpp_generates_from_the_gguf_where_it_is_installed(tiny_llama, tmp_path, make_run):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed here (building it is too heavy for this CPU); "
                             "the GGUF is proved by transformers' loader instead")
@@ -274,7 +255,7 @@ def test_llama_cpp_generates_from_the_gguf_where_it_is_installed(tiny_llama, tmp
 
 
 @pytest.mark.integration
-def test_the_bundled_model_exports_to_a_gguf_transformers_reads_back(tmp_path):
+def test_the_bundled_model_exports_to_a_gguf_transformers_reads_back(tmp_path, make_run):
     from poetwb.core import bundled
 
     base = bundled.ensure_converted()

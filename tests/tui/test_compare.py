@@ -136,6 +136,7 @@ async def test_a_vote_while_the_pair_streams_is_refused(tiny_models, finished_ru
     async with app.run_test(size=SIZE) as pilot:
         await open_compare(app, pilot, "The sea")
         app.query_one("#blind", Switch).value = True
+        app.query_one("#engine", Select).value = "torch"  # llama.cpp can finish a tiny model's pair before F6
         pane = app.query_one("#compare-pane")
         await pilot.click("#generate")
         assert pane.streaming
@@ -185,3 +186,32 @@ async def test_a_second_generation_never_mixes_into_the_first(tiny_models, finis
         for col in columns(app):
             assert col.text.startswith("The sky") and "The sea" not in col.text
             assert col.gen == pane.gen
+
+
+async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_models, finished_run, settle):
+    """auto: llama.cpp for free verse where it is installed, torch for a form; asking for llama.cpp with a form is
+    refused with a message before anything runs. The footers say which engine wrote the poems (sampled poems differ
+    between engines: each has its own random number generator; greedy agreement is tested in core)."""
+    from poetwb.core import llamacpp
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot)
+        app.query_one("#seed", Input).value = "5"
+        await pilot.click("#generate")
+        await settle(pilot)
+        expected = "llama.cpp" if llamacpp.installed() else "torch"
+        for col in columns(app):
+            assert str(col.query_one(".column-foot", Label).render()).endswith(f"tok/s · {expected}")
+        app.query_one("#engine", Select).value = "torch"
+        await pilot.click("#generate")
+        await settle(pilot)
+        assert all(str(c.query_one(".column-foot", Label).render()).endswith("· torch") for c in columns(app))
+        app.query_one("#engine", Select).value = "llamacpp"
+        app.query_one("#form", Select).value = "couplets"
+        await pilot.pause()
+        gen = app.query_one("#compare-pane").gen
+        await pilot.click("#generate")
+        await pilot.pause()
+        expected_note = "use --engine auto or torch with a form" if llamacpp.installed() else "not installed"
+        assert any(expected_note in m for m in notes(app)) and app.query_one("#compare-pane").gen == gen

@@ -3,13 +3,8 @@ where the model went (or why it did not)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from textual.widgets import Input, Select
 
-from poetwb.core import runs
-from poetwb.core.config import TrainConfig
 from poetwb.tui.app import PoetApp
 
 SIZE = (160, 48)
@@ -19,21 +14,9 @@ def notes(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
-def make_run(base: Path, run_id: str) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = runs.create_run(TrainConfig.from_dict({"model": str(base), "corpus": {"kind": "bundled"}}), run_id)
-    torch.manual_seed(0)
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                          LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
-    lora.save_pretrained(runs.adapter_dir(folder, 2))
-    runs.update_status(folder, state="finished")
-    return folder
-
-
-async def test_export_from_the_train_pane_writes_an_ollama_model_and_says_how_to_run_it(tiny_gpt2, tmp_path, settle):
-    make_run(tiny_gpt2, "poet")
+async def test_export_from_the_train_pane_writes_an_ollama_model_and_says_how_to_run_it(tiny_gpt2, tmp_path, settle,
+                                                                                      make_run):
+    make_run(tiny_gpt2, "poet", targets=["c_attn"])
     out = tmp_path / "exported"
     app = PoetApp()
     async with app.run_test(size=SIZE) as pilot:

@@ -50,6 +50,8 @@ class GenerationEnded(Message):
     gen: int
     stats: list[Any] = field(default_factory=list)
     error: str | None = None
+    engine: str = ""
+    """The engine that wrote the poems (torch or llama.cpp), shown in the columns' footers."""
 
 
 @dataclass
@@ -79,11 +81,13 @@ def parse_seed(raw: str) -> int | None:
     return seed
 
 
-def footer(stats: Any, form: bool) -> str:
-    """How a column's generation ended, in words, with its speed."""
+def footer(stats: Any, form: bool, engine: str = "") -> str:
+    """How a column's generation ended, in words, with its speed (and the engine that wrote it)."""
     if stats is None:
         return ""
     speed = f"{stats.new_tokens} tokens in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
+    if engine:
+        speed += f" · {engine}"
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}"
     if form and stats.reason == "form complete":
@@ -144,6 +148,10 @@ class ComparePane(WorkerErrors, Vertical):
             yield Input(placeholder="scheme, e.g. ABAB CDCD", id="scheme", disabled=True)
             yield Input(placeholder="syllables: 10, 8-9 or 8,8,5,5,8", id="syllables", disabled=True)
             yield Slider("candidates per line", 1, 16, 1, forms.DEFAULT_CANDIDATES, integer=True, id="candidates")
+            yield Select([("engine: auto", "auto"), ("engine: torch", "torch"), ("engine: llama.cpp", "llamacpp")],
+                         value="auto", allow_blank=False, id="engine",
+                         tooltip="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]') for free verse, "
+                                 "else torch; forms always use torch")
         with Horizontal(id="sliders"):
             with Vertical():
                 yield Slider("temperature", 0.0, 2.0, 0.05, d.temperature, id="temperature")
@@ -238,7 +246,7 @@ class ComparePane(WorkerErrors, Vertical):
     @on(Button.Pressed, "#generate")
     @on(Input.Submitted, "#compare-prompt")
     def action_generate(self) -> None:
-        from poetwb.core import runs
+        from poetwb.core import llamacpp, runs
         from poetwb.core.errors import PoetError
 
         prompt = self.query_one("#compare-prompt", Input).value
@@ -250,6 +258,8 @@ class ComparePane(WorkerErrors, Vertical):
                 raise PoetError("the prompt is empty: type a first line, or pick one from the prompt set")
             sampling = self.sampling()
             form = self.form()
+            asked = str(self.query_one("#engine", Select).value)
+            engine = llamacpp.choose(asked, form)
             if len(adapters) > MAX_RUNS:
                 raise PoetError(f"pick at most {MAX_RUNS} runs to compare (now {len(adapters)})")
             bases = {runs.read_config(f).model for a in adapters if (f := runs.run_of_adapter(a)) is not None}
@@ -291,7 +301,7 @@ class ComparePane(WorkerErrors, Vertical):
         self.streaming = True
         candidates = int(self.query_one("#candidates", Slider).value)
         self.run_generation(self.gen, model, adapters, with_base, prompt, instruct, sampling, form, candidates,
-                            self.stop)
+                            self.stop, (asked, engine))
 
     def _label(self, adapter: str) -> str:
         from poetwb.core import runs
@@ -330,22 +340,30 @@ class ComparePane(WorkerErrors, Vertical):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_generation(self, gen: int, model: str, adapters: list[str], with_base: bool, prompt: str,
-                       instruct: bool, sampling: Any, form: Any, candidates: int, stop: threading.Event) -> None:
-        from poetwb.core import generate
+                       instruct: bool, sampling: Any, form: Any, candidates: int, stop: threading.Event,
+                       engine: tuple[str, str] = ("auto", "torch")) -> None:
+        from poetwb.core import generate, llamacpp
 
         stats: list[Any] = []
+        name = "torch"
         try:
-            loaded = self.app.load_model(model, tuple(adapters))
-            names = generate.adapter_names(loaded)
-            layout = ([None] if with_base else []) + names
-            for col, chunk in generate.columns(loaded, prompt, sampling, layout, instruct, form, candidates,
-                                               cancel=stop, stats=stats):
+            fast = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
+            if fast is not None:
+                name = fast.name
+                layout: list[Any] = ([None] if with_base else []) + list(range(len(adapters)))
+                chunks = llamacpp.columns(fast, prompt, sampling, layout, instruct, cancel=stop, stats=stats)
+            else:
+                loaded = self.app.load_model(model, tuple(adapters))
+                layout = ([None] if with_base else []) + generate.adapter_names(loaded)
+                chunks = generate.columns(loaded, prompt, sampling, layout, instruct, form, candidates,
+                                          cancel=stop, stats=stats)
+            for col, chunk in chunks:
                 self.post_message(ColumnChunk(gen, col, chunk))
-            self.post_message(GenerationEnded(gen, stats))
+            self.post_message(GenerationEnded(gen, stats, engine=name))
         except Exception as exc:  # every failure reaches the user, whatever its type
             from poetwb.core.errors import first_line
 
-            self.post_message(GenerationEnded(gen, stats, first_line(exc)))
+            self.post_message(GenerationEnded(gen, stats, first_line(exc), engine=name))
 
     def shown(self, index: int) -> str:
         """A model column's whole poem as shown, voted on and saved: in raw mode the prompt is its first line. No
@@ -368,6 +386,7 @@ class ComparePane(WorkerErrors, Vertical):
         if event.gen != self.gen:
             return
         self.streaming = False
+        self.last["sampling"]["engine"] = event.engine  # kept with a saved poem and a vote: which engine wrote it
         if event.error:
             self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
         for i, col in enumerate(self.cols):
@@ -377,7 +396,7 @@ class ComparePane(WorkerErrors, Vertical):
                 continue
             if event.error and not col.text:
                 widget.set_text(f"(no poem: {event.error})")
-            widget.set_footer(footer(col.stats, bool(self.last.get("form"))))
+            widget.set_footer(footer(col.stats, bool(self.last.get("form")), event.engine))
 
     def action_stop(self) -> None:
         if self.streaming:
