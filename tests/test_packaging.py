@@ -45,9 +45,11 @@ def _distributions(modules: set[str]) -> dict[str, str]:
 
 def test_every_imported_package_is_declared_and_every_declared_one_is_used():
     declared = _declared(PYPROJECT["project"]["dependencies"])
+    optional = _declared(PYPROJECT["project"]["optional-dependencies"]["llamacpp"])  # the optional engine's own
     used = _distributions(_imported_modules(ROOT / "poetwb"))
-    missing = {m: d for m, d in used.items() if d not in declared}
+    missing = {m: d for m, d in used.items() if d not in declared | optional}
     assert not missing, f"imported by poetwb but not in [project] dependencies: {missing}"
+    assert optional <= set(used.values()), "the llamacpp extra declares what poetwb never imports"
     unused = declared - set(used.values()) - set(INDIRECT)
     assert not unused, f"declared but never imported by poetwb: {unused}"
 

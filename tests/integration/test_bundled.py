@@ -82,3 +82,50 @@ def test_the_fast_side_by_side_path_decodes_what_plain_generate_decodes(tmp_path
     n = enc["input_ids"].shape[1]
     assert texts == [loaded.tokenizer.decode(w[0, n:], skip_special_tokens=True) for w in want]
     assert texts[0] != texts[1]
+
+
+def test_the_llama_cpp_engine_agrees_with_the_torch_path_on_the_first_tokens(tmp_path):
+    """The bundled GGUF (Q4_1) on llama.cpp against its de-quantized fp32 copy on torch, greedy, base and a random
+    adapter: the same prompt tokens through the same chat template, and the same first tokens. llama.cpp rounds the
+    activations to 8 bits inside its Q4_1 products, so a near tie can later tip the other way (seen here: 'blue'
+    for 'white' at the 6th token of the raw base poem, then the same words again; 'example of' for 'and' at the 14th
+    of an instruction). The first 4 tokens must agree in all four poems, and the first 8 in at least three of them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from poetwb.core import llamacpp
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'poetwb[llamacpp]')")
+    folder = bundled.ensure_converted()
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    for module in tuned.modules():
+        if hasattr(module, "lora_B"):
+            for b in module.lora_B.values():
+                torch.nn.init.normal_(b.weight, std=0.02)
+    tuned.save_pretrained(tmp_path / "adapter")
+    loaded = models.load(None, adapter=tmp_path / "adapter", dtype="fp32")
+    engine = llamacpp.Engine.for_run("bundled", [tmp_path / "adapter"])
+    request = "Write a poem about the sea and the sky"
+    text = generate.format_prompt(loaded.tokenizer, request, True)
+    assert generate.format_prompt(engine.template, request, True) == text
+    assert engine.tokenize(text) == loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    s = SamplingConfig(temperature=0, max_new_tokens=32, repetition_penalty=1.0)
+    agree: list[int] = []  # tokens until the first difference, per poem
+    for prompt, instruct in (("The sea is blue, the sky is red", False), (request, True)):
+        ours = ["", ""]
+        for col, chunk in generate.columns(loaded, prompt, s, [None, "default"], instruct):
+            ours[col] += chunk
+        theirs = ["", ""]
+        for col, chunk in llamacpp.columns(engine, prompt, s, [None, 0], instruct):
+            theirs[col] += chunk
+        for a, b in zip(ours, theirs, strict=True):
+            ta, tb = loaded.tokenizer.encode(a), loaded.tokenizer.encode(b)
+            same = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+            agree.append(same)
+            assert same >= 4, (a, b)
+        assert theirs[0] != theirs[1]
+    assert sum(n >= 8 for n in agree) >= 3, agree
