@@ -270,11 +270,39 @@ def _llama() -> Any:
 
 
 def threads() -> int:
-    """Threads for llama.cpp: the CPUs this process may run on (decode is memory-bound; more only contend)."""
+    """Threads for llama.cpp's next generation: the CPUs this process may use, less those other work keeps busy
+    right now. Its OpenMP threads wait for each other at every step, so one thread sharing a core with another busy
+    process (a training job) stalls them all: measured here with 2 threads beside a training process, 1 token/s; with
+    1 thread, 55 (2 cores, AVX2). Busy CPUs are read from /proc/stat over 50 ms, this process's own use left out."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
+    busy = _busy_cpus(0.05)
+    return max(1, min(cpus, cpus - round(busy)))
+
+
+def _busy_cpus(window: float) -> float:
+    """How many CPUs other processes kept busy over the last `window` seconds (0 when /proc cannot tell)."""
+
+    def sample() -> tuple[float, float, float]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        own = os.times()
+        return sum(fields[:8]), idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+
+    try:
+        total0, idle0, own0 = sample()
+        time.sleep(window)
+        total1, idle1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return 0.0
+    ncpu = os.cpu_count() or 1
+    return max(0.0, (elapsed - (idle1 - idle0) - (own1 - own0)) / elapsed * ncpu)
 
 
 class Engine:
@@ -303,6 +331,7 @@ class Engine:
                 raise PoetError(f"llama.cpp could not apply the adapter {path.name} to {base.name}; "
                                 "use --engine torch")
             self.adapters.append(adapter)
+        self.n_threads = 1
         self.contexts: dict[int, tuple[Any, int]] = {}  # column key (-1 base, i adapter) -> (context, n_ctx)
         template = lib.llama_model_chat_template(self.model, None)
         self.template = GGUFTemplate(template.decode() if template else None, self._specials())
@@ -348,6 +377,7 @@ class Engine:
         ctx, size = self.contexts.get(key, (None, 0))
         if ctx is not None and size >= n_ctx:
             lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+            lib.llama_set_n_threads(ctx, self.n_threads, self.n_threads)
             return ctx
         if ctx is not None:
             lib.llama_free(ctx)
@@ -355,7 +385,7 @@ class Engine:
         params = lib.llama_context_default_params()
         params.n_ctx = size
         params.n_batch = size
-        params.n_threads = params.n_threads_batch = threads()
+        params.n_threads = params.n_threads_batch = self.n_threads
         ctx = lib.llama_init_from_model(self.model, params)
         if not ctx:
             raise PoetError("llama.cpp could not make a context (out of memory?); use --engine torch")
@@ -409,6 +439,7 @@ class Engine:
         if stats is not None:
             stats[:] = rows
         with self.lock:  # one generation at a time on these contexts
+            self.n_threads = threads()
             ctxs = [self._context(-1 if k is None else k, n_ctx) for k in layout]
             samplers = [self._sampler(sampling, prompt, n_ctx, ignore_eos) for _ in layout]
             data = [b"" for _ in layout]
