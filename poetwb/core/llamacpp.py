@@ -133,8 +133,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in text.lower()).strip("-")[:60] or "model"
 
 
-def adapter_gguf(adapter_dir: Path, base: Path) -> Path:
-    """A peft LoRA adapter folder as a GGUF adapter for the base GGUF, cached by content."""
+def adapter_gguf(adapter_dir: Path, base: Path, head: dict[str, Any] | None = None) -> Path:
+    """A peft LoRA adapter folder as a GGUF adapter for the base GGUF, cached by content. head: the base's shape
+    (Engine.head(), read from the loaded model in microseconds); without it the file is parsed (seconds)."""
     adapter_dir = Path(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     meta_path = adapter_dir / "adapter_config.json"
@@ -142,14 +143,15 @@ def adapter_gguf(adapter_dir: Path, base: Path) -> Path:
         raise PoetError(f"adapter {adapter_dir} has no adapter_model.safetensors; the llama.cpp engine reads "
                         "only safetensors adapters (use --engine torch)")
     meta = meta_path.read_bytes()
-    head = _gguf_head(base)
+    head = head or _gguf_head(base)
     key = _digest(weights.read_bytes(), meta, json.dumps(head, sort_keys=True).encode())
     return _write_once(_cache() / "adapters" / f"{key}.gguf",
                        lambda tmp: write_adapter(weights, json.loads(meta), head, tmp))
 
 
 def _gguf_head(path: Path) -> dict[str, Any]:
-    """The base GGUF's architecture and what the adapter writer needs of its shape."""
+    """The base GGUF's architecture and what the adapter writer needs of its shape (GGUFReader parses the whole
+    file, its vocabulary included: ~6 s for the bundled model; Engine.head() asks the loaded model instead)."""
     from gguf import GGUFReader
 
     fields = GGUFReader(path).fields
@@ -322,26 +324,44 @@ class Engine:
         self.vocab = lib.llama_model_get_vocab(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = lib.llama_model_n_ctx_train(self.model)
-        self.adapter_paths = list(adapters or [])
+        self.adapter_paths: list[Path] = []
         self.adapters: list[Any] = []
-        for path in self.adapter_paths:
-            adapter = lib.llama_adapter_lora_init(self.model, str(path).encode())
-            if not adapter:
-                self.close()
-                raise PoetError(f"llama.cpp could not apply the adapter {path.name} to {base.name}; "
-                                "use --engine torch")
-            self.adapters.append(adapter)
         self.n_threads = 1
         self.contexts: dict[int, tuple[Any, int]] = {}  # column key (-1 base, i adapter) -> (context, n_ctx)
         template = lib.llama_model_chat_template(self.model, None)
         self.template = GGUFTemplate(template.decode() if template else None, self._specials())
         self.lock = threading.Lock()
+        self.add_adapters(list(adapters or []))
 
     @classmethod
     def for_run(cls, spec: str | None, adapter_dirs: list[Path]) -> Engine:
         """The engine for a base model spec and adapter folders (converted to GGUF on first use)."""
         model_id, base = base_gguf(spec)
-        return cls(base, [adapter_gguf(a, base) for a in adapter_dirs], model_id=model_id)
+        engine = cls(base, model_id=model_id)
+        head = engine.head()
+        engine.add_adapters([adapter_gguf(a, base, head) for a in adapter_dirs])
+        return engine
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    def head(self) -> dict[str, Any]:
+        """What the adapter writer needs of the base: as _gguf_head, from the loaded model's metadata."""
+        arch = self.meta("general.architecture") or ""
+        heads = int(self.meta(f"{arch}.attention.head_count") or 0)
+        return {"arch": arch, "n_layers": int(self.meta(f"{arch}.block_count") or 0), "n_head": heads,
+                "n_head_kv": int(self.meta(f"{arch}.attention.head_count_kv") or heads)}
+
+    def add_adapters(self, paths_: list[Path]) -> None:
+        for path in paths_:
+            adapter = self.lib.llama_adapter_lora_init(self.model, str(path).encode())
+            if not adapter:
+                raise PoetError(f"llama.cpp could not apply the adapter {path.name} to {self.base.name}; "
+                                "use --engine torch")
+            self.adapter_paths.append(path)
+            self.adapters.append(adapter)
 
     def _specials(self) -> dict[str, str]:
         out = {}

@@ -112,6 +112,7 @@ def test_greedy_columns_agree_with_the_torch_path(kind, tiny_models, make_run):
     adapter = runs.adapter_dir(make_run(base, f"g-{kind}"), 2)
     _, base_file = llamacpp.base_gguf(str(base), quant="f32")
     engine = llamacpp.Engine(base_file, [llamacpp.adapter_gguf(adapter, base_file)])
+    assert engine.head() == llamacpp._gguf_head(base_file)  # the fast way to the shape, and the file's own
     stats: list = []
     texts = ["", ""]
     for col, chunk in llamacpp.columns(engine, PROMPT, GREEDY, [None, 0], stats=stats):
