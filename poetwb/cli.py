@@ -175,15 +175,12 @@ def _llama_engine(asked: str, engine: str, model: str | None, adapters: list[Any
     """The llama.cpp engine for a base model and adapters, or None for the torch path. Under --engine auto a
     model or adapter llama.cpp cannot run (another architecture, DoRA) quietly takes the torch path; asked for
     by name, it is an error."""
-    from poetwb.core import bundled, llamacpp
+    from poetwb.core import llamacpp
 
     if engine != "llamacpp" or trust_remote_code:
         return None
-    spec = model or "bundled"
-    if spec.strip() not in bundled.BUNDLED_ALIASES:
-        _eprint(f"preparing {spec} for llama.cpp (converted to GGUF once, then cached)")
     try:
-        return llamacpp.Engine.for_run(spec, adapters)
+        return llamacpp.Engine.for_run(model or "bundled", adapters, note=_eprint)
     except PoetError:
         if asked == "llamacpp":
             raise

@@ -59,7 +59,7 @@ class RowStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 3),
+        return {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 6),
                 "tokens_per_s": round(self.tokens_per_s, 2), "stop_reason": self.reason}
 
 
@@ -135,8 +135,14 @@ def stream_rows(
             tokens.put(exc)
             tokens.put(None)
 
-    worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
-    worker.start()
+    from poetwb.core import torch_thread
+
+    if torch_thread.here():  # the consumer is on the torch thread itself: generate beside it
+        worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
+        worker.start()
+        join = worker.join
+    else:
+        join = torch_thread.submit(run).result
     eos = set(_as_list(tokenizer.eos_token_id))
     ids: list[list[int]] = [[] for _ in texts]
     rows = [RowStats() for _ in texts]
@@ -172,7 +178,7 @@ def stream_rows(
     finally:
         cancelled = stop.is_set() or not ended
         stop.set()
-        worker.join()
+        join()
         for row in rows:
             if row.reason == "running":
                 row.reason = "cancelled" if cancelled else "max tokens"
@@ -403,7 +409,7 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
     line by line in turn, each line's k candidates in one batched call with that column's adapter; a chunk is
     then a whole line (with its newline, two at a stanza break). stats gets one RowStats per column.
     """
-    from poetwb.core import forms
+    from poetwb.core import forms, torch_thread
 
     text = format_prompt(loaded.tokenizer, prompt, instruct)
     unknown = [n for n in layout if n is not None and n not in adapter_names(loaded)]
@@ -426,7 +432,7 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
         while live:
             for c in list(live):
                 mask.whole(layout[c])
-                line = next(writers[c], None)
+                line = torch_thread.call(next, writers[c], None)
                 if line is None:
                     live.remove(c)
                     own[c].reason = "cancelled" if cancel is not None and cancel.is_set() else "form complete"

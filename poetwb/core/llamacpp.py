@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,10 @@ def _write_once(target: Path, write: Any) -> Path:
     return target
 
 
-def base_gguf(spec: str | None, quant: str = "f16") -> tuple[str, Path]:
+def base_gguf(spec: str | None, quant: str = "f16", note: Callable[[str], None] | None = None) -> tuple[str, Path]:
     """(model id, GGUF file) of a base model: the bundled model's own file, else a cached conversion (first use
-    only: loads the model with transformers and writes it with the exporter, seconds for a small model)."""
+    only: loads the model with transformers and writes it with the exporter, seconds for a small model; `note` is
+    told before that happens)."""
     from poetwb.core import models
 
     spec = (spec or "bundled").strip()
@@ -122,6 +123,8 @@ def base_gguf(spec: str | None, quant: str = "f16") -> tuple[str, Path]:
     def write(tmp: Path) -> None:
         from poetwb.core import export
 
+        if note is not None:
+            note(f"converting {model_id} to GGUF for llama.cpp (once; cached in {target.parent})")
         loaded = models.load(spec, dtype="fp32", device="cpu")
         export.write_gguf(loaded.model, loaded.tokenizer, tmp, quant, spec, "base", 0, lambda *_: None,
                           describe=f"{model_id}, converted by poetwb for its llama.cpp engine")
@@ -334,9 +337,9 @@ class Engine:
         self.add_adapters(list(adapters or []))
 
     @classmethod
-    def for_run(cls, spec: str | None, adapter_dirs: list[Path]) -> Engine:
-        """The engine for a base model spec and adapter folders (converted to GGUF on first use)."""
-        model_id, base = base_gguf(spec)
+    def for_run(cls, spec: str | None, adapter_dirs: list[Path], note: Callable[[str], None] | None = None) -> Engine:
+        """The engine for a base model spec and adapter folders (converted to GGUF on first use, said to `note`)."""
+        model_id, base = base_gguf(spec, note=note)
         engine = cls(base, model_id=model_id)
         head = engine.head()
         engine.add_adapters([adapter_gguf(a, base, head) for a in adapter_dirs])

@@ -340,7 +340,24 @@ def load(
     Several `adapters` are attached to one copy of the base weights, named a1, a2, … in order.
 
     dtype "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32.
+    Loading runs on the torch thread, where generation runs too (core/torch_thread.py says why).
     """
+    from poetwb.core import torch_thread
+
+    return torch_thread.call(_load, spec, adapter, adapters=adapters, trust_remote_code=trust_remote_code,
+                             allow_pickle=allow_pickle, device=device, dtype=dtype)
+
+
+def _load(
+    spec: str | None,
+    adapter: str | Path | None = None,
+    *,
+    adapters: list[str | Path] | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -167,7 +167,8 @@ class PoetApp(App[None]):
                 self._drop(llama=True)  # and one llama.cpp engine
                 self.say("loading the model for llama.cpp…", timeout=8)
                 try:
-                    self._models[key] = llamacpp.Engine.for_run(model, [Path(a) for a in adapters])
+                    self._models[key] = llamacpp.Engine.for_run(model, [Path(a) for a in adapters],
+                                                                note=lambda text: self.say(text, timeout=10))
                 except PoetError as exc:
                     if asked == "llamacpp":
                         raise

@@ -137,7 +137,9 @@ def test_cli_generate_and_compare_on_llama_cpp_report_the_engine_and_speed(tiny_
     folder = make_run(tiny_llama, "cli")
     args = ["-p", PROMPT, "-t", "0", "--repetition-penalty", "1", "-n", "12", "--json"]
     assert main(["generate", "-a", folder.name, "--engine", "llamacpp", "--save", *args]) == 0
-    fast = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    fast = json.loads(out)
+    assert f"converting {tiny_llama} to GGUF for llama.cpp (once" in err  # said before the wait, and only once:
     (kept,) = Library().search()  # the library records which engine wrote a poem
     assert kept.sampling["engine"] == "llama.cpp" and kept.id == fast["saved_id"]
     assert main(["generate", "-a", folder.name, "--engine", "torch", *args]) == 0
@@ -145,7 +147,9 @@ def test_cli_generate_and_compare_on_llama_cpp_report_the_engine_and_speed(tiny_
     assert (fast["engine"], slow["engine"]) == ("llama.cpp", "torch")
     assert fast["text"] == slow["text"] and fast["new_tokens"] == 12 and fast["tokens_per_s"] > 0
     assert main(["compare", "-a", folder.name, *args]) == 0  # auto: llama.cpp where installed
-    both = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    both = json.loads(out)
+    assert "converting" not in err
     assert both["engine"] == "llama.cpp" and both["tuned"] == fast["text"]
     assert [c["new_tokens"] for c in both["columns"]] == [12, 12]
 
