@@ -5,8 +5,8 @@ given), every path decodes the same prompt with the report's sampling (0.7 / 0.9
 tokens (end of text is held off with min_new_tokens, so every row runs every step):
 - plain transformers `generate` on the base model alone, one row (the reference),
 - poetwb's one-pass side by side (base row + tuned row in one batch) and two sequential calls (base, then tuned),
-  each with the lean path (lean LoRA row mask + few-row linear layers) and with the path before it (peft's forward with
-  an output mask, the plain head),
+  each with the lean path (lean LoRA row mask + few-row linear layers, generation on the torch thread that loaded the
+  model) and with the path before it (peft's forward with an output mask, the plain head, a new thread per call),
 - a batch of 8 rows of the tuned model against one row (form generation's k candidates),
 - where llama-cpp-python is installed, the llama.cpp engine on the bundled GGUF with the same adapter as a GGUF
   adapter: one column, side by side, two sequential calls (end of text held off with a logit bias).
@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from poetwb.core import generate, models
+    from poetwb.core import generate, models, torch_thread
     from poetwb.core.config import SamplingConfig
 
     print(cpu_header(), flush=True)
@@ -69,19 +69,24 @@ def main() -> None:
     def plain_generate() -> float:
         enc = plain.tokenizer(PROMPT, return_tensors="pt")
         kw = generate.generate_kwargs(plain.tokenizer, plain.model, s)
-        t = time.perf_counter()
-        with torch.inference_mode():
-            plain.model.generate(**enc, **kw)
-        return time.perf_counter() - t
+
+        def run() -> float:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                plain.model.generate(**enc, **kw)
+            return time.perf_counter() - t
+
+        return torch_thread.call(run)  # where the model was loaded, as poetwb generates
 
     def with_path(lean: bool, fn: object) -> object:
         def run() -> float:
             generate.RowMask.LEAN = lean
             generate.FewRows.MAX_ROWS = 16 if lean else 0
+            generate.ON_TORCH_THREAD = lean
             try:
                 return fn()  # type: ignore[operator]
             finally:
-                generate.RowMask.LEAN, generate.FewRows.MAX_ROWS = True, 16
+                generate.RowMask.LEAN, generate.FewRows.MAX_ROWS, generate.ON_TORCH_THREAD = True, 16, True
         return run
 
     paths = {

@@ -13,6 +13,9 @@ from typing import Any
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
 
+ON_TORCH_THREAD = True
+"""Streamed generation runs on core.torch_thread; False: on a new thread each time (the path before, for benchmarks)."""
+
 # The plain instruction format for models without a chat template; stage 2 trains on the same one.
 PLAIN_INSTRUCTION = "User: {prompt}\nAssistant:"
 
@@ -137,7 +140,7 @@ def stream_rows(
 
     from poetwb.core import torch_thread
 
-    if torch_thread.here():  # the consumer is on the torch thread itself: generate beside it
+    if torch_thread.here() or not ON_TORCH_THREAD:  # a consumer on the torch thread: generate beside it
         worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
         worker.start()
         join = worker.join
