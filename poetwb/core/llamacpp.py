@@ -330,7 +330,7 @@ class Engine:
         self.adapter_paths: list[Path] = []
         self.adapters: list[Any] = []
         self.n_threads = 1
-        self.contexts: dict[int, tuple[Any, int]] = {}  # column key (-1 base, i adapter) -> (context, n_ctx)
+        self.contexts: dict[int, tuple[Any, int]] = {}  # column position -> (context, n_ctx), reused
         template = lib.llama_model_chat_template(self.model, None)
         self.template = GGUFTemplate(template.decode() if template else None, self._specials())
         self.lock = threading.Lock()
@@ -395,28 +395,30 @@ class Engine:
             raise PoetError("the prompt could not be tokenized by llama.cpp")
         return list(ids[:n])
 
-    def _context(self, key: int, n_ctx: int) -> Any:
+    def _context(self, column: int, adapter: int | None, n_ctx: int) -> Any:
+        """The context of a column position, emptied, with the column's adapter (or none) applied."""
         lib = self.lib
-        ctx, size = self.contexts.get(key, (None, 0))
+        ctx, size = self.contexts.get(column, (None, 0))
         if ctx is not None and size >= n_ctx:
             lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
             lib.llama_set_n_threads(ctx, self.n_threads, self.n_threads)
-            return ctx
-        if ctx is not None:
-            lib.llama_free(ctx)
-        size = max(512, -(-n_ctx // 256) * 256)
-        params = lib.llama_context_default_params()
-        params.n_ctx = size
-        params.n_batch = size
-        params.n_threads = params.n_threads_batch = self.n_threads
-        ctx = lib.llama_init_from_model(self.model, params)
-        if not ctx:
-            raise PoetError("llama.cpp could not make a context (out of memory?); use --engine torch")
-        if key >= 0:
-            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[key])
-            scales = (ctypes.c_float * 1)(1.0)
-            lib.llama_set_adapters_lora(ctx, adapters, 1, scales)
-        self.contexts[key] = (ctx, size)
+        else:
+            if ctx is not None:
+                lib.llama_free(ctx)
+            size = max(512, -(-n_ctx // 256) * 256)
+            params = lib.llama_context_default_params()
+            params.n_ctx = size
+            params.n_batch = size
+            params.n_threads = params.n_threads_batch = self.n_threads
+            ctx = lib.llama_init_from_model(self.model, params)
+            if not ctx:
+                raise PoetError("llama.cpp could not make a context (out of memory?); use --engine torch")
+            self.contexts[column] = (ctx, size)
+        if adapter is None:
+            lib.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            lib.llama_set_adapters_lora(ctx, (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter]), 1,
+                                        (ctypes.c_float * 1)(1.0))
         return ctx
 
     def _sampler(self, sampling: SamplingConfig, history: list[int], n_ctx: int, ignore_eos: bool = False) -> Any:
@@ -463,7 +465,7 @@ class Engine:
             stats[:] = rows
         with self.lock:  # one generation at a time on these contexts
             self.n_threads = threads()
-            ctxs = [self._context(-1 if k is None else k, n_ctx) for k in layout]
+            ctxs = [self._context(c, k, n_ctx) for c, k in enumerate(layout)]
             samplers = [self._sampler(sampling, prompt, n_ctx, ignore_eos) for _ in layout]
             data = [b"" for _ in layout]
             shown = [0] * len(layout)

@@ -188,3 +188,23 @@ def test_threads_leave_out_the_cpus_another_busy_process_holds():
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_columns_keep_their_own_text_when_layouts_repeat_or_change(tiny_llama, make_run):
+    """Two base columns are two poems from one seed (the same poem); a context reused for another adapter applies
+    that adapter, not the one it had."""
+    needs_llama_cpp()
+    adapter = runs.adapter_dir(make_run(tiny_llama, "lay"), 2)
+    _, base_file = llamacpp.base_gguf(str(tiny_llama), quant="f32")
+    engine = llamacpp.Engine(base_file, [llamacpp.adapter_gguf(adapter, base_file)])
+
+    def poems(layout):
+        texts = [""] * len(layout)
+        for col, chunk in llamacpp.columns(engine, PROMPT, GREEDY, layout):
+            texts[col] += chunk
+        return texts
+
+    base, tuned = poems([None, 0])
+    assert poems([None, None]) == [base, base]
+    assert poems([0, None]) == [tuned, base]
+    assert poems([0]) == [tuned]
