@@ -373,6 +373,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     form = _form(args)  # checked before anything slow
     if form is not None and not args.metrics:
         raise PoetError("--form measures generated poems: add --metrics")
+    from poetwb.core import llamacpp
+
+    llamacpp.choose(args.engine, form)  # an engine that cannot serve is said before anything slow
     _convert_bundled_with_progress(runs.read_config(runs.open_run(args.run)).model)
     with StepsView("held-out loss") as view:
         result: dict[str, Any] = {"loss": evaluate.evaluate_run(args.run, batch_size=args.batch_size,
@@ -381,7 +384,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompts = evaluate.load_prompts(args.prompts)
         with StepsView("poetic metrics" + (f" ({form.name})" if form else "")) as view:
             result["metrics"] = evaluate.poetic_metrics(args.run, prompts, max_new_tokens=args.max_new_tokens,
-                                                        progress=view, form=form, candidates=args.candidates)
+                                                        progress=view, form=form, candidates=args.candidates,
+                                                        engine=args.engine)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2))
         return 0
@@ -803,6 +807,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per generated poem (--metrics)")
     p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass for the held-out loss")
     _form_args(p)
+    _engine_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_eval)
 

@@ -143,12 +143,13 @@ def evaluate_run(run_id: str, batch_size: int = 8, progress: Progress | None = N
 
 def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: int = 96,
                    seed: int = 0, progress: Progress | None = None, form: Any = None,
-                   candidates: int = 8) -> dict[str, Any]:
+                   candidates: int = 8, engine: str = "auto") -> dict[str, Any]:
     """Generate base and tuned poems for each prompt (one batched pass each, or line by line in a form) and
     compare their metrics with the poet's own held-out poems; saved as metrics.json (metrics-<form>.json with a
     form) with the generations. With a form, each row also has the shares of poems with exactly the form's line
-    count, of required rhyme pairs that rhyme and of lines within one syllable, by metrics' own checker."""
-    from poetwb.core import generate, metrics
+    count, of required rhyme pairs that rhyme and of lines within one syllable, by metrics' own checker.
+    engine: as `generate --engine` (auto: llama.cpp for free verse where it is installed); the result names it."""
+    from poetwb.core import generate, llamacpp, metrics
     from poetwb.core.config import SamplingConfig
     from poetwb.core.models import LoadedModel
 
@@ -160,6 +161,13 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
     loaded = LoadedModel(model, tokenizer, runs.read_config(folder).model, folder, runs.adapter_dir(
         folder, int(names[-1][-1])))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
+    fast = None
+    if llamacpp.choose(engine, form) == "llamacpp":
+        try:
+            fast = llamacpp.Engine.for_run(loaded.model_id, [loaded.adapter])
+        except PoetError:
+            if engine == "llamacpp":
+                raise
     outputs: dict[str, list[str]] = {"base": [], "tuned": []}
     seconds: dict[str, float] = {"base": 0.0, "tuned": 0.0}
     for i, p in enumerate(prompts):
@@ -168,8 +176,10 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         texts = ["", ""]
         stats: list[Any] = []
         instruct = p.get("mode") == "instruct"
-        for row, chunk in generate.side_by_side(loaded, p["text"], sampling, instruct, stats=stats, form=form,
-                                                candidates=candidates):
+        chunks = (llamacpp.columns(fast, p["text"], sampling, [None, 0], instruct, stats=stats) if fast is not None
+                  else generate.side_by_side(loaded, p["text"], sampling, instruct, stats=stats, form=form,
+                                             candidates=candidates))
+        for row, chunk in chunks:
             texts[row] += chunk
         lead = "" if instruct or form is None else p["text"]  # a raw prompt is a form poem's first line
         for key, text, st in zip(("base", "tuned"), texts, stats, strict=True):
@@ -191,7 +201,8 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         table[key] = row
     table["poet (held-out)"] = metrics.summarize(list(split["val"]["text"]), vocab)
     result = {"run_id": run_id, "adapter": names[-1], "table": table, "prompts": prompts, "generations": outputs,
-              "sampling": sampling.to_dict(), "form": form.describe() if form else "free",
+              "sampling": sampling.to_dict(), "engine": fast.name if fast is not None else "torch",
+              "form": form.describe() if form else "free",
               "candidates": candidates if form else None}
     atomic_write_json(folder / (f"metrics-{form.name}.json" if form else "metrics.json"), result)
     return result
