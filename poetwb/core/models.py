@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poetwb.core import bundled, paths
+from poetwb.core import bundled, paths, torch_thread
 from poetwb.core.errors import PoetError, first_line
 
 log = logging.getLogger(__name__)
@@ -325,6 +325,7 @@ def hub_snapshot(repo_id: str, allow_pickle: bool = False, download: bool = True
         ) from exc
 
 
+@torch_thread.runs_there
 def load(
     spec: str | None = None,
     adapter: str | Path | None = None,
@@ -342,22 +343,6 @@ def load(
     dtype "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32.
     Loading runs on the torch thread, where generation runs too (core/torch_thread.py says why).
     """
-    from poetwb.core import torch_thread
-
-    return torch_thread.call(_load, spec, adapter, adapters=adapters, trust_remote_code=trust_remote_code,
-                             allow_pickle=allow_pickle, device=device, dtype=dtype)
-
-
-def _load(
-    spec: str | None,
-    adapter: str | Path | None = None,
-    *,
-    adapters: list[str | Path] | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    device: str | None = None,
-    dtype: str = "auto",
-) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -12,6 +12,7 @@ run inline (a task that waited for itself would never finish).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,3 +59,13 @@ def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
             future.set_exception(exc)
         return future
     return _executor().submit(fn, *args, **kwargs)
+
+
+def runs_there(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a function so that every call runs on the torch thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return call(fn, *args, **kwargs)
+
+    return wrapper
