@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -412,12 +413,37 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
     line by line in turn, each line's k candidates in one batched call with that column's adapter; a chunk is
     then a whole line (with its newline, two at a stanza break). stats gets one RowStats per column.
     """
-    from poetwb.core import forms, torch_thread
-
     text = format_prompt(loaded.tokenizer, prompt, instruct)
     unknown = [n for n in layout if n is not None and n not in adapter_names(loaded)]
     if unknown:
         raise PoetError(f"no adapter named {unknown[0]!r} is loaded")
+    # one generation at a time per model: a new one (the workbench's next Generate) waits for the one it replaced
+    # to stop at its next step, so their row masks and patched layers never overlap
+    busy = _model_lock(loaded.model)
+    busy.acquire()
+    try:
+        yield from _columns(loaded, text, prompt, sampling, layout, instruct, form, candidates, cancel, stats)
+    finally:
+        busy.release()
+
+
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _model_lock(model: Any) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.Lock()
+        return lock
+
+
+def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layout: list[str | None],
+             instruct: bool, form: Any, candidates: int, cancel: threading.Event | None,
+             stats: list[RowStats] | None) -> Iterator[tuple[int, str]]:
+    from poetwb.core import forms, torch_thread
+
     mask = RowMask(loaded.model, adapter_names(loaded))
     head = FewRows(loaded.model).__enter__()
     own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats

@@ -61,8 +61,8 @@ def choose(engine: str, form: Any = None) -> str:
         if not installed():
             raise PoetError(f"the llama.cpp engine is not installed: {INSTALL_HINT}; or use --engine torch")
         if form is not None:
-            raise PoetError("strict forms are written by the torch engine (it steers each line); "
-                            "use --engine auto or torch with a form")
+            raise PoetError("strict forms are written by the torch engine (it steers each line): "
+                            "pick engine auto or torch for a form")
         return "llamacpp"
     return "llamacpp" if installed() and form is None else "torch"
 

@@ -147,3 +147,34 @@ def test_few_row_decode_steps_match_the_plain_layers(tiny_models):
             got = model(input_ids=step, past_key_values=out.past_key_values).logits
         assert not any("forward" in vars(m) for m in model.modules())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_second_generation_on_one_model_waits_for_the_one_it_replaces(tiny_models, make_run):
+    """The workbench's next Generate starts while the replaced one is still stopping: the new one must not patch the
+    model's layers under the old one (seen: the base column written by the adapter, then an AttributeError)."""
+    import threading
+
+    from poetwb.core import runs
+
+    adapter = runs.adapter_dir(make_run(tiny_models["llama"], "two"), 2)
+    loaded = models.load(str(tiny_models["llama"]), adapter, dtype="fp32")
+    s = SamplingConfig(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+
+    def poems(chunks) -> list[str]:
+        texts = ["", ""]
+        for col, chunk in chunks:
+            texts[col] += chunk
+        return texts
+
+    want = poems(generate.columns(loaded, "The sea", s, [None, "default"]))
+    first = generate.columns(loaded, "The sea", SamplingConfig(temperature=0, max_new_tokens=4000), [None, "default"])
+    next(first)  # mid-poem
+    got: dict[str, list[str]] = {}
+    second = threading.Thread(target=lambda: got.update(texts=poems(
+        generate.columns(loaded, "The sea", s, [None, "default"]))))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive() and not got  # waits while the first holds the model
+    first.close()
+    second.join(60)
+    assert got["texts"] == want

@@ -45,7 +45,7 @@ def test_the_cli_refuses_an_engine_that_cannot_serve_before_loading_anything(cap
     assert "the llama.cpp engine is not installed" in capsys.readouterr().err
     monkeypatch.setattr(llamacpp, "installed", lambda: True)
     assert main(["generate", "--engine", "llamacpp", "--form", "sonnet", "-p", "The sea"]) == 1
-    assert "use --engine auto or torch with a form" in capsys.readouterr().err
+    assert "pick engine auto or torch for a form" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

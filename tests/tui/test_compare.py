@@ -172,6 +172,7 @@ async def test_a_second_generation_never_mixes_into_the_first(tiny_models, finis
     app = PoetApp(base_model=str(tiny_models["gpt2"]))
     async with app.run_test(size=SIZE) as pilot:
         await open_compare(app, pilot, "The sea")
+        app.query_one("#engine", Select).value = "torch"  # torch: the generations overlap on one model's layers
         app.query_one("#max_new_tokens").value = 512
         app.query_one("#seed", Input).value = "1"
         pane = app.query_one("#compare-pane")
@@ -186,6 +187,11 @@ async def test_a_second_generation_never_mixes_into_the_first(tiny_models, finis
         for col in columns(app):
             assert col.text.startswith("The sky") and "The sea" not in col.text
             assert col.gen == pane.gen
+        assert not [m for m in notes(app) if "failed" in m]
+        replaced = [c.text for c in columns(app)]
+        await pilot.click("#generate")  # the same pair again, alone: the replaced one's row masks did not leak in
+        await settle(pilot)
+        assert [c.text for c in columns(app)] == replaced
 
 
 async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_models, finished_run, settle):
@@ -213,5 +219,5 @@ async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_mo
         gen = app.query_one("#compare-pane").gen
         await pilot.click("#generate")
         await pilot.pause()
-        expected_note = "use --engine auto or torch with a form" if llamacpp.installed() else "not installed"
+        expected_note = "pick engine auto or torch for a form" if llamacpp.installed() else "not installed"
         assert any(expected_note in m for m in notes(app)) and app.query_one("#compare-pane").gen == gen

@@ -86,13 +86,12 @@ def footer(stats: Any, form: bool, engine: str = "") -> str:
     if stats is None:
         return ""
     speed = f"{stats.new_tokens} tokens in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
-    if engine:
-        speed += f" · {engine}"
+    by = f" · {engine}" if engine else ""
     if stats.reason == "max tokens":
-        return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}"
+        return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
     if form and stats.reason == "form complete":
-        return f"form complete · {speed} (all candidate lines)"
-    return f"{stats.reason} · {speed}"
+        return f"form complete · {speed} (all candidate lines){by}"
+    return f"{stats.reason} · {speed}{by}"
 
 
 class ComparePane(WorkerErrors, Vertical):
