@@ -178,3 +178,29 @@ def test_a_second_generation_on_one_model_waits_for_the_one_it_replaces(tiny_mod
     first.close()
     second.join(60)
     assert got["texts"] == want
+
+
+def test_loading_and_generating_happen_on_the_one_torch_thread(gpt2, tiny_models):
+    """GNU OpenMP's worker team belongs to the thread that first used it: poetwb loads and generates on one thread
+    (core/torch_thread.py), whichever thread asks, forms included."""
+    import threading
+
+    from poetwb.core import forms, torch_thread
+
+    seen: set[int] = set()
+    loaded = models.load(str(tiny_models["gpt2"]))
+    original = loaded.model.generate
+
+    def recording(*args, **kwargs):
+        seen.add(threading.get_ident())
+        return original(*args, **kwargs)
+
+    loaded.model.generate = recording
+    s = SamplingConfig(max_new_tokens=6)
+    generate.generate(loaded, "The sea", s)
+    worker = threading.Thread(target=lambda: list(generate.columns(loaded, "The sea", s, [None, None])))
+    worker.start()
+    worker.join()
+    list(generate.columns(loaded, "The sea", s, [None], form=forms.make_form("couplets", None, None, 1),
+                          candidates=2))
+    assert seen == {torch_thread.call(threading.get_ident)} and threading.get_ident() not in seen
