@@ -147,3 +147,25 @@ def test_a_short_run_with_checkpointing_on_finishes_and_says_so(tiny_train_confi
     log = (folder / "log.txt").read_text(encoding="utf-8")
     assert log.count("gradient checkpointing on (set in the config)") == 2  # both stages
     assert result.eval_loss["stage1_end"] < result.eval_loss["stage1_start"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("on", True), ("off", False), ("auto", "auto")])
+def test_the_cli_flag_overrides_the_file_and_the_preset(tmp_path, flag, value):
+    from poetwb.cli import _train_config, build_parser
+
+    file = tmp_path / "c.toml"
+    file.write_text("gradient_checkpointing = false\n", encoding="utf-8")
+    args = build_parser().parse_args(["train", str(file), "--preset", "poet", "--gradient-checkpointing", flag])
+    assert _train_config(args).gradient_checkpointing == value
+    args = build_parser().parse_args(["train", str(file)])
+    assert _train_config(args).gradient_checkpointing is False
+
+
+def test_a_bad_value_in_a_config_file_is_one_line_on_the_cli(tmp_path, capsys):
+    from poetwb.cli import main
+
+    file = tmp_path / "c.toml"
+    file.write_text('gradient_checkpointing = "sometimes"\n', encoding="utf-8")
+    assert main(["train", str(file)]) == 1
+    err = capsys.readouterr().err
+    assert 'gradient_checkpointing must be "auto", true or false' in err and err.count("\n") == 1
