@@ -1,7 +1,7 @@
 """How much memory a training stage keeps, and the one switch that trades time for it.
 
 A LoRA step keeps, for its backward pass, the activations of every decoder layer: for SmolLM2-135M at batch 4 x 256
-in fp32 that is ~1.3 GB (after lean_dropout; README "Training memory"), more than the model's weights. Gradient
+in fp32 that is ~1.35 GB (after lean_dropout; README "Training memory"), more than the model's weights. Gradient
 checkpointing keeps only each layer's input and recomputes the layer in the backward pass: the same loss and
 gradients (torch restores the random state, so LoRA dropout draws the same masks), a fraction of the memory, and
 about one more forward pass of time. The run's `gradient_checkpointing` setting says true, false or "auto"; auto
@@ -26,8 +26,8 @@ AUTO_SHARE = 0.25
 def activation_bytes(model_config: Any, batch: int, seq_len: int, bytes_per_value: int = 4) -> int:
     """Estimated activations a stage keeps for the backward pass without checkpointing: per token and decoder layer
     ~10 values per hidden unit (norms, attention's q/k/v/out, residuals, LoRA inputs) and ~4 per MLP unit (gate,
-    up, activation, product). Measured on SmolLM2-135M (LoRA on all linears, batch 4 x 256, fp32): 1.35 GB kept,
-    this estimate 1.39 GB."""
+    up, activation, product). Measured on SmolLM2-135M (LoRA on all linears, batch 4 x 256, fp32): ~1,350 MiB kept
+    (with lean_dropout), this estimate 1,395 MiB."""
     hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", 0) or 0
     inner = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) or 4 * hidden
     layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", 0) or 0
