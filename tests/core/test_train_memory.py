@@ -169,3 +169,9 @@ def test_a_bad_value_in_a_config_file_is_one_line_on_the_cli(tmp_path, capsys):
     assert main(["train", str(file)]) == 1
     err = capsys.readouterr().err
     assert 'gradient_checkpointing must be "auto", true or false' in err and err.count("\n") == 1
+
+
+def test_the_allocator_setting_applies_on_glibc():
+    import platform
+
+    assert train_memory.tune_allocator() is (platform.libc_ver()[0] == "glibc")
