@@ -104,7 +104,7 @@ def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stag
     from transformers import AutoModelForCausalLM
 
     from poetwb.core.hf import make_trainer, new_lora
-    from poetwb.core.train_job import target_modules, training_args, use_bf16
+    from poetwb.core.train_job import stage_checkpointing, target_modules, training_args, use_bf16
 
     torch.manual_seed(cfg.seed)
     ours = cfg.packing  # the report's leg is the plain Trainer in fp32; poetwb's is what the training job runs
@@ -112,7 +112,9 @@ def train_leg(name: str, base_path: Path, tokenizer: Any, cfg: TrainConfig, stag
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
     model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
     args = training_args(stage, out_dir, cfg.precision, cfg.seed, evaluate=False)
-    trainer = make_trainer(model, tokenizer, args, train_ds, lean_loss=ours)
+    # poetwb's leg as the job runs it: lean loss and dropout, checkpointing as the run's setting decides
+    trainer = make_trainer(model, tokenizer, args, train_ds, lean_loss=ours,
+                           checkpointing=ours and stage_checkpointing(cfg, stage, model))
     with PeakMemory() as memory:
         start = time.perf_counter()
         trainer.train()
@@ -128,7 +130,9 @@ def bench_train(model: str = "bundled", poets: list[str] | None = None, budget_t
     from poetwb.core import data, models
     from poetwb.core.config import CorpusSpec
     from poetwb.core.hf import load_tokenizer
+    from poetwb.core.train_memory import tune_allocator
 
+    tune_allocator()  # as the training job does: memory figures like a job's
     model_id, path = models.resolve(model)
     tokenizer = load_tokenizer(path)
     poems = data.load_poems(CorpusSpec(kind="bundled", poets=poems_or_default(poets)))
@@ -175,13 +179,14 @@ def profile_step(base_path: Path, cfg: TrainConfig, packed: Any, batch: int = 8,
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
-    from poetwb.core import lean_loss
+    from poetwb.core import lean_dropout, lean_loss
     from poetwb.core.hf import new_lora
     from poetwb.core.train_job import target_modules, use_bf16
 
     weights = torch.bfloat16 if use_bf16(cfg.precision) else torch.float32
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
     model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
+    lean_dropout.install(model)  # as make_trainer does for poetwb's path
     model.train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     backbone, head = lean_loss.parts(model) or (None, None)

@@ -209,10 +209,18 @@ class TrainConfig:
     """Pack stage-1 text into full seq_len blocks; False pads each poem to seq_len (the report's recipe)."""
     preset: str = ""
     """The preset this config started from, for the record."""
+    gradient_checkpointing: str | bool = "auto"
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them: true, false, or
+    "auto" (on when a stage's estimated activations exceed a quarter of the memory available when it starts; see
+    core/train_memory.py). Same loss and gradients either way; on costs ~1.4-1.5x the step time and keeps a
+    fraction of the activations (the poet preset's stage 1: 2.6 -> 1.4 GB for the whole process; README
+    "Training memory")."""
 
     def __post_init__(self) -> None:
         _check(self.precision in {"auto", "bf16", "fp32"},
                f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.gradient_checkpointing == "auto" or isinstance(self.gradient_checkpointing, bool),
+               f'gradient_checkpointing must be "auto", true or false, got {self.gradient_checkpointing!r}')
         _check(self.stage1.enabled or self.stage2.enabled, "enable at least one stage")
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,13 +35,25 @@ def new_lora(base: Any, lora: LoraSettings, targets: list[str] | str) -> Any:
 
 
 def make_trainer(model: Any, tokenizer: Any, args: Any, train_ds: Any, eval_ds: Any = None,
-                 callbacks: list[Any] | None = None, lean_loss: bool = True) -> Any:
+                 callbacks: list[Any] | None = None, lean_loss: bool = True, checkpointing: bool = False) -> Any:
     """A transformers Trainer that pads batches dynamically (labels padded with -100) and prints nothing itself:
-    progress goes through our callbacks (metrics.jsonl, status.json, the CLI's bar). lean_loss: the training loss
-    through the output head in chunks (core.lean_loss), without the whole batch's logits in memory."""
+    progress goes through our callbacks (metrics.jsonl, status.json, the CLI's bar). lean_loss: the training and
+    evaluation loss through the output head in chunks (core.lean_loss), without the whole batch's logits in memory,
+    and LoRA dropout fused into lora_A (core.lean_dropout); both keep the numbers of the plain path. checkpointing:
+    recompute each decoder layer in the backward pass (core.train_memory)."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
     from poetwb.core import lean_loss as lean
+    from poetwb.core import train_memory
+
+    if lean_loss:
+        from poetwb.core import lean_dropout
+
+        lean_dropout.install(model)
+    if checkpointing:
+        train_memory.enable_checkpointing(model)
+    else:  # a base model reused from an earlier stage that checkpointed
+        train_memory.disable_checkpointing(model)
 
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     trainer_type = lean.trainer_class() if lean_loss else Trainer

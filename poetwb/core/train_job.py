@@ -114,7 +114,9 @@ class Job:
         import torch
 
         from poetwb.core import models
+        from poetwb.core.train_memory import tune_allocator
 
+        tune_allocator()  # freed activations go back to the system between steps (README "Training memory")
         cfg = self.config
         self.status(state=runs.RunState.RUNNING, pid=os.getpid(), host=socket.gethostname(), world_size=self.world_size,
                     started=runs.now_iso(), error="", cause="", phase="starting")
@@ -221,7 +223,9 @@ class Job:
         ckpt_dir = self.folder / "checkpoints" / f"stage{stage}"
         args = training_args(s, ckpt_dir, self.config.precision, self.config.seed, self.world_size)
         callback = _RunCallback(self, stage)
-        trainer = make_trainer(model, tokenizer, args, train_ds, eval_sets["val"], callbacks=[callback])
+        checkpointing = stage_checkpointing(self.config, s, model)
+        trainer = make_trainer(model, tokenizer, args, train_ds, eval_sets["val"], callbacks=[callback],
+                               checkpointing=checkpointing)
         resume = runs.last_checkpoint(self.folder, stage)
         self.status(stage=stage, step=0 if resume is None else int(resume.name.split("-")[-1]))
         log.info("stage %d: %d train examples, resume from %s", stage, len(train_ds), resume)
@@ -265,6 +269,19 @@ class Job:
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 2)
+
+
+def stage_checkpointing(config: TrainConfig, s: StageConfig, model: Any) -> bool:
+    """The run's gradient_checkpointing setting decided for one stage (core.train_memory), said in log.txt."""
+    import torch
+
+    from poetwb.core import train_memory
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    on, why = train_memory.decide(config.gradient_checkpointing, causal.config, s.batch_size, s.seq_len, device)
+    log.info("%s", why)
+    return on
 
 
 def use_bf16(precision: str) -> bool:
