@@ -125,8 +125,6 @@ def main() -> None:
             best[key] = min(best[key], fn())
     for key, sec in best.items():
         rows = 8 if "8 rows" in key else 2 if "one pass" in key or "two calls" in key else 1
-        if "llama.cpp" in key:  # columns decode in turn: a step is one token of every column
-            rows = 1 if "two calls" in key else rows
         steps = n * (2 if "two calls" in key else 1)
         print(f"{key:30} {sec:6.2f} s  {sec / steps * 1000:6.0f} ms/step  {rows * n / sec:6.1f} tokens/s, all rows",
               flush=True)
@@ -139,7 +137,16 @@ def main() -> None:
           f"{best['tuned 8 rows, lean'] / best['tuned 1 row, lean']:.2f}x")
     print(f"lean / before: one pass {best['one pass, lean'] / best['one pass, before']:.2f}x, "
           f"8 rows {best['tuned 8 rows, lean'] / best['tuned 8 rows, before']:.2f}x", flush=True)
-    end_to_end(32)
+    if engine is not None:  # its columns decode in turn: a one-pass step is one token of every column
+        print(f"llama.cpp engine ({engine.n_threads} threads, {engine.base.name}): side by side, tokens/s per "
+              f"column: {n / best['llama.cpp, one pass']:.1f} (one column alone: "
+              f"{n / best['llama.cpp, base, 1 column']:.1f}); "
+              f"{best['one pass, lean'] / best['llama.cpp, one pass']:.1f}x the torch lean side by side; "
+              f"one pass / two calls: "
+              f"{best['llama.cpp, one pass'] / best['llama.cpp, two calls']:.2f}x", flush=True)
+    else:
+        print("llama.cpp engine: not installed (pip install 'poetwb[llamacpp]'), not measured", flush=True)
+    end_to_end(32, ["torch", "llamacpp"] if engine is not None else ["torch"])
 
 
 def end_to_end(tokens: int, engines: list[str]) -> None:
