@@ -47,3 +47,23 @@ def test_numbers_and_adapters_read_as_people_write_them(tmp_path):
     (tmp_path / "r1" / "config.toml").write_text("")
     assert adapter_label(str(tmp_path / "r1" / "adapters" / "stage2")) == "run r1 · stage 2"
     assert adapter_label("/gone/runs/r2/adapters/stage1") == "run r2 · stage 1 (run deleted)"
+
+
+async def test_a_slider_with_a_long_label_still_draws_its_bar_on_its_one_line():
+    """'candidates per line' is longer than the label column: the bar used to wrap onto a hidden second line."""
+    from textual.app import App
+
+    from poetwb.tui.widgets.slider import Slider
+
+    class One(App):
+        CSS = "Slider { width: 40; }"
+
+        def compose(self):
+            yield Slider("candidates per line", 1, 16, 1, 8, integer=True)
+
+    async with One().run_test(size=(60, 5)) as pilot:
+        slider = pilot.app.query_one(Slider)
+        line = slider.render().plain
+        assert line.startswith("candidates per line") and "●" in line and len(line) == 40
+        await pilot.click(Slider, offset=(39, 0))  # the bar's right end is the maximum
+        assert slider.value == 16

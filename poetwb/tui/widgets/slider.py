@@ -57,21 +57,26 @@ class Slider(Widget, can_focus=True):
     def action_jump(self, end: int) -> None:
         self.value = self.maximum if end else self.minimum
 
+    def _prefix(self) -> str:
+        """The label and value before the bar (a label longer than 18 characters widens it)."""
+        return f"{self.label:<18}{self.display_value:>6}  "
+
     def on_click(self, event) -> None:
-        bar_start = 26
-        width = max(1, self.size.width - bar_start)
-        if event.x >= bar_start:
-            self.value = self.minimum + (event.x - bar_start) / width * (self.maximum - self.minimum)
+        bar_start = len(self._prefix())
+        width = max(2, self.size.width - bar_start)
+        if event.x >= bar_start:  # the knob's cell for a value, inverted: the bar's last cell is the maximum
+            self.value = self.minimum + (event.x - bar_start) / (width - 1) * (self.maximum - self.minimum)
 
     @property
     def display_value(self) -> str:
         return f"{int(self.value)}" if self.integer else f"{self.value:.2f}"
 
     def render(self) -> Text:
-        width = max(4, self.size.width - 26)
+        prefix = self._prefix()
+        width = max(4, self.size.width - len(prefix))
         frac = (self.value - self.minimum) / (self.maximum - self.minimum or 1)
         knob = min(width - 1, int(frac * (width - 1)))
-        text = Text(f"{self.label:<18}{self.display_value:>6}  ")
+        text = Text(prefix, no_wrap=True, overflow="crop")
         text.append("━" * knob, style="bold")
         text.append("●", style="bold")
         text.append("─" * (width - knob - 1), style="dim")
