@@ -221,3 +221,21 @@ async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_mo
         await pilot.pause()
         expected_note = "pick engine auto or torch for a form" if llamacpp.installed() else "not installed"
         assert any(expected_note in m for m in notes(app)) and app.query_one("#compare-pane").gen == gen
+
+
+async def test_without_llama_cpp_auto_says_once_where_the_faster_engine_comes_from(tiny_models, monkeypatch,
+                                                                                   settle):
+    from poetwb.core import llamacpp
+
+    monkeypatch.setattr(llamacpp, "installed", lambda: False)
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    said: list[str] = []  # every notification, kept past its few seconds on screen
+    async with app.run_test(size=SIZE) as pilot:
+        notify = app.notify
+        monkeypatch.setattr(app, "notify", lambda message, **kw: (said.append(message), notify(message, **kw)))
+        await open_compare(app, pilot)
+        for _ in range(2):
+            await pilot.click("#generate")
+            await settle(pilot)
+        assert sum("pip install 'poetwb[llamacpp]'" in m for m in said) == 1
+        assert all(str(c.query_one(".column-foot", Label).render()).endswith("· torch") for c in columns(app))

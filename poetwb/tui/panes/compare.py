@@ -119,6 +119,7 @@ class ComparePane(WorkerErrors, Vertical):
         self._run_labels: list[str] = []
         self.streaming = False
         self.stop = threading.Event()
+        self._engine_hint_shown = False
 
     def compose(self) -> ComposeResult:
         from poetwb.core import forms
@@ -275,6 +276,9 @@ class ComparePane(WorkerErrors, Vertical):
         if not adapters:
             self.app.notify("no fine-tuned run picked: showing the base model only (train one with F3)",
                             severity="warning")
+        if asked == "auto" and not form and not llamacpp.installed() and not self._engine_hint_shown:
+            self._engine_hint_shown = True  # once per session: where the faster engine comes from
+            self.app.notify(f"generating on torch; for free verse ~5x faster: {llamacpp.INSTALL_HINT}", timeout=8)
         model = bases.pop() if bases else self.app.base_model
         instruct = self.query_one("#instruct", Switch).value
         cols = ([ModelColumn(None, "base model")] if with_base else []) + [
