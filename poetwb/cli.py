@@ -177,7 +177,11 @@ def _llama_engine(asked: str, engine: str, model: str | None, adapters: list[Any
     by name, it is an error."""
     from poetwb.core import llamacpp
 
-    if engine != "llamacpp" or trust_remote_code:
+    if engine != "llamacpp":
+        return None
+    if trust_remote_code:  # a model that needs its own Python code is one llama.cpp cannot run
+        if asked == "llamacpp":
+            raise PoetError("--trust-remote-code models run on torch only; drop --engine llamacpp")
         return None
     try:
         return llamacpp.Engine.for_run(model or "bundled", adapters, note=_eprint)

@@ -78,7 +78,14 @@ def trainer_class() -> type:
             labels = inputs["labels"]
             out = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                            use_cache=False)
-            return causal_lm_loss(out[0], labels, head, num_items_in_batch)
+            return self._rescale(causal_lm_loss(out[0], labels, head, num_items_in_batch), num_items_in_batch)
+
+        def _rescale(self, loss: Any, num_items: Any) -> Any:
+            """num_items counts every process's tokens: scale back as Trainer.compute_loss does (x1 in one)."""
+            if self.args.average_tokens_across_devices and num_items is not None:
+                scale = self.accelerator.num_processes // self.get_tp_size()
+                loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+            return loss
 
         def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                             ignore_keys: list[str] | None = None) -> Any:
@@ -95,7 +102,7 @@ def trainer_class() -> type:
             with torch.no_grad(), self.compute_loss_context_manager():
                 out = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                                use_cache=False)
-                loss = causal_lm_loss(out[0], inputs["labels"], head, num_items)
+                loss = self._rescale(causal_lm_loss(out[0], inputs["labels"], head, num_items), num_items)
             return loss.detach(), None, None
 
     return LeanLossTrainer

@@ -33,11 +33,13 @@ from typing import Any
 from poetwb.core import bundled, paths
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
-from poetwb.core.fsutil import exclusive_lock, remove_stale_temps
+from poetwb.core.fsutil import exclusive_lock
 
 ENGINES = ("auto", "torch", "llamacpp")
 INSTALL_HINT = "pip install 'poetwb[llamacpp]' (builds llama.cpp with your compiler, a few minutes)"
 SUPPORTED_ARCHS = ("llama", "gpt2")
+FORMAT = b"poetwb-llamacpp-1"
+"""Part of every cache key: raise it when the conversion changes, so that old files are not reused."""
 
 
 def installed() -> bool:
@@ -76,7 +78,7 @@ def _cache() -> Path:
 
 def _digest(*parts: bytes) -> str:
     h = hashlib.sha256()
-    for p in parts:
+    for p in (FORMAT, *parts):
         h.update(len(p).to_bytes(8, "little"))
         h.update(p)
     return h.hexdigest()[:20]
@@ -90,7 +92,8 @@ def _write_once(target: Path, write: Any) -> Path:
     with exclusive_lock(target.parent / f".{target.name}.lock", blocking=True):
         if target.is_file():
             return target
-        remove_stale_temps(target.parent)
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):  # a killed conversion's leftovers (we hold the lock)
+            stale.unlink(missing_ok=True)
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
         try:
             write(tmp)
@@ -115,9 +118,9 @@ def base_gguf(spec: str | None, quant: str = "f16", note: Callable[[str], None] 
     if arch not in SUPPORTED_ARCHS:
         raise PoetError(f"the llama.cpp engine supports Llama- and GPT-2-shaped models, not {arch}; "
                         "use --engine torch")
-    weights = sorted(folder.glob("*.safetensors"))
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("tokenizer*"), *folder.glob("*.jinja")])
     key = _digest(str(folder.resolve()).encode(), json.dumps(config, sort_keys=True).encode(), quant.encode(),
-                  *(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}".encode() for w in weights))
+                  *(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}".encode() for w in files))
     target = _cache() / "base" / f"{_slug(model_id)}-{key}-{quant}.gguf"
 
     def write(tmp: Path) -> None:
@@ -183,9 +186,15 @@ def write_adapter(weights: Path, meta: dict[str, Any], head: dict[str, Any], out
     arch = head["arch"]
     if arch not in SUPPORTED_ARCHS:
         raise PoetError(f"the llama.cpp engine supports Llama- and GPT-2-shaped models, not {arch}")
+    if meta.get("modules_to_save") or meta.get("lora_bias") or meta.get("bias", "none") != "none":
+        raise PoetError("the adapter trains whole modules or biases besides its LoRA matrices, which a llama.cpp "
+                        "adapter cannot hold; use --engine torch")
     tensors = load_file(str(weights))
-    r_default, alpha_default = int(meta.get("r", 8)), float(meta.get("lora_alpha", 8))
-    rank_pattern, alpha_pattern = meta.get("rank_pattern") or {}, meta.get("alpha_pattern") or {}
+    extra = [k for k in tensors if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if extra:
+        raise PoetError(f"the adapter holds {extra[0]}, which a llama.cpp adapter cannot hold; use --engine torch")
+    alpha_default = float(meta.get("lora_alpha", 8))
+    alpha_pattern = meta.get("alpha_pattern") or {}
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), head["n_layers"])
     writer = gguf.GGUFWriter(out, arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -201,7 +210,7 @@ def write_adapter(weights: Path, meta: dict[str, Any], head: dict[str, Any], out
             raise PoetError(f"the adapter's {module} is not a LoRA pair on a linear layer; use --engine torch")
         base_name = module.removeprefix("base_model.model.")
         short = base_name.rsplit(".", 1)[-1]
-        rank = _pattern(rank_pattern, base_name, r_default)
+        rank = a.shape[0]  # the matrices say the rank; peft's patterns are matched by regex
         alpha = _pattern(alpha_pattern, base_name, alpha_default)
         scale = alpha / (rank ** 0.5 if meta.get("use_rslora") else rank)
         b = b.astype(np.float32) * np.float32(scale)
@@ -251,8 +260,14 @@ class GGUFTemplate:
         env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, **_: json.dumps(
             x, indent=indent, ensure_ascii=ensure_ascii)
         env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
-        return env.from_string(self.chat_template or "").render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **self.specials)
+        try:
+            return env.from_string(self.chat_template or "").render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.specials)
+        except PoetError:
+            raise
+        except Exception as exc:
+            raise PoetError(f"the model's chat template does not render ({type(exc).__name__}: {exc}); "
+                            "use --engine torch") from exc
 
 
 # --- the engine ---------------------------------------------------------------------------------------------------
@@ -264,7 +279,13 @@ _silent: Any = None
 def _llama() -> Any:
     """Import llama_cpp once, with the library's log output off (it would write over the terminal UI)."""
     global _silent
-    import llama_cpp
+    try:
+        import llama_cpp
+    except Exception as exc:  # installed but its compiled library does not load (a broken or foreign build)
+        from poetwb.core.errors import first_line
+
+        raise PoetError(f"llama.cpp is installed but does not load ({first_line(exc)}); reinstall it with "
+                        f"{INSTALL_HINT}, or use --engine torch") from exc
 
     with _init_lock:
         if _silent is None:
@@ -278,24 +299,31 @@ def threads() -> int:
     """Threads for llama.cpp's next generation: the CPUs this process may use, less those other work keeps busy
     right now. Its OpenMP threads wait for each other at every step, so one thread sharing a core with another busy
     process (a training job) stalls them all: measured here with 2 threads beside a training process, 1 token/s; with
-    1 thread, 55 (2 cores, AVX2). Busy CPUs are read from /proc/stat over 50 ms, this process's own use left out."""
+    1 thread, 23 per column (2 cores, AVX2). Busy is read from /proc/stat over 50 ms for the CPUs this process may
+    use, its own use left out."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        allowed = os.sched_getaffinity(0)
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
-    busy = _busy_cpus(0.05)
-    return max(1, min(cpus, cpus - round(busy)))
+    busy = _busy_cpus(allowed, 0.05)
+    return max(1, len(allowed) - round(busy))
 
 
-def _busy_cpus(window: float) -> float:
-    """How many CPUs other processes kept busy over the last `window` seconds (0 when /proc cannot tell)."""
+def _busy_cpus(allowed: set[int], window: float) -> float:
+    """How many of the allowed CPUs other processes kept busy over the last `window` seconds (0 when unknown)."""
 
     def sample() -> tuple[float, float, float]:
+        total = idle = 0.0
         with open("/proc/stat", encoding="ascii") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+            for line in f:
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in allowed:
+                    continue
+                fields = [float(v) for v in values[:8]]
+                total += sum(fields)
+                idle += fields[3] + fields[4]  # idle + iowait
         own = os.times()
-        return sum(fields[:8]), idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+        return total, idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
 
     try:
         total0, idle0, own0 = sample()
@@ -306,8 +334,7 @@ def _busy_cpus(window: float) -> float:
     elapsed = total1 - total0
     if elapsed <= 0:
         return 0.0
-    ncpu = os.cpu_count() or 1
-    return max(0.0, (elapsed - (idle1 - idle0) - (own1 - own0)) / elapsed * ncpu)
+    return max(0.0, (elapsed - (idle1 - idle0) - (own1 - own0)) / elapsed * len(allowed))
 
 
 class Engine:
@@ -339,10 +366,18 @@ class Engine:
     @classmethod
     def for_run(cls, spec: str | None, adapter_dirs: list[Path], note: Callable[[str], None] | None = None) -> Engine:
         """The engine for a base model spec and adapter folders (converted to GGUF on first use, said to `note`)."""
-        model_id, base = base_gguf(spec, note=note)
-        engine = cls(base, model_id=model_id)
-        head = engine.head()
-        engine.add_adapters([adapter_gguf(a, base, head) for a in adapter_dirs])
+        try:
+            model_id, base = base_gguf(spec, note=note)
+            engine = cls(base, model_id=model_id)
+            head = engine.head()
+            engine.add_adapters([adapter_gguf(a, base, head) for a in adapter_dirs])
+        except PoetError:
+            raise
+        except Exception as exc:  # a damaged adapter or config, a full disk: one line, and auto falls back to torch
+            from poetwb.core.errors import first_line
+
+            raise PoetError(f"the llama.cpp engine could not prepare the model: {first_line(exc)}; "
+                            "use --engine torch") from exc
         return engine
 
     def meta(self, key: str) -> str | None:
@@ -404,6 +439,7 @@ class Engine:
             lib.llama_set_n_threads(ctx, self.n_threads, self.n_threads)
         else:
             if ctx is not None:
+                del self.contexts[column]  # never left holding a freed context if the new one fails
                 lib.llama_free(ctx)
             size = max(512, -(-n_ctx // 256) * 256)
             params = lib.llama_context_default_params()
@@ -415,10 +451,12 @@ class Engine:
                 raise PoetError("llama.cpp could not make a context (out of memory?); use --engine torch")
             self.contexts[column] = (ctx, size)
         if adapter is None:
-            lib.llama_set_adapters_lora(ctx, None, 0, None)
+            failed = lib.llama_set_adapters_lora(ctx, None, 0, None)
         else:
-            lib.llama_set_adapters_lora(ctx, (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter]), 1,
-                                        (ctypes.c_float * 1)(1.0))
+            failed = lib.llama_set_adapters_lora(ctx, (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter]),
+                                                 1, (ctypes.c_float * 1)(1.0))
+        if failed:
+            raise PoetError("llama.cpp could not apply the adapter to a column; use --engine torch")
         return ctx
 
     def _sampler(self, sampling: SamplingConfig, history: list[int], n_ctx: int, ignore_eos: bool = False) -> Any:
@@ -439,7 +477,7 @@ class Engine:
                 lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(min(sampling.top_k, self.n_vocab)))
             if sampling.top_p < 1:
                 lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(sampling.seed & 0xFFFFFFFF))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(sampling.seed % 0xFFFFFFFF))
         for token in history:
             lib.llama_sampler_accept(chain, token)
         return chain

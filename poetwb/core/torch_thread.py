@@ -13,28 +13,42 @@ run inline (a task that waited for itself would never finish).
 from __future__ import annotations
 
 import functools
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Future[Any]]] = \
+    queue.SimpleQueue()
 _ident: int | None = None
+_started = False
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
+def _serve() -> None:
+    global _ident
+    _ident = threading.get_ident()
+    while True:
+        fn, args, kwargs, future = _tasks.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+
+def _start() -> None:
+    """The thread, started on first use. A daemon, as the generation threads were: Ctrl-C during a load or a
+    generation ends the process at once instead of waiting for the task (a pool's threads are joined at exit)."""
+    global _started
     with _lock:
-        if _pool is None:
-            def mark() -> None:
-                global _ident
-                _ident = threading.get_ident()
-
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poetwb-torch", initializer=mark)
-        return _pool
+        if not _started:
+            threading.Thread(target=_serve, name="poetwb-torch", daemon=True).start()
+            _started = True
 
 
 def here() -> bool:
@@ -46,7 +60,7 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """fn(*args, **kwargs) on the torch thread; its result, or its exception raised here."""
     if here():
         return fn(*args, **kwargs)
-    return _executor().submit(fn, *args, **kwargs).result()
+    return submit(fn, *args, **kwargs).result()
 
 
 def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
@@ -58,7 +72,10 @@ def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
         except BaseException as exc:
             future.set_exception(exc)
         return future
-    return _executor().submit(fn, *args, **kwargs)
+    _start()
+    future = Future()
+    _tasks.put((fn, args, kwargs, future))
+    return future
 
 
 def runs_there(fn: Callable[..., T]) -> Callable[..., T]:

@@ -88,6 +88,7 @@ def disable_checkpointing(model: Any) -> None:
         return
     disable = getattr(causal, "activation_checkpointing_disable", None) or causal.gradient_checkpointing_disable
     disable()
+    causal.config.use_cache = True  # as enable_checkpointing found it on a model loaded for generation
     if hasattr(causal, "disable_input_require_grads"):
         causal.disable_input_require_grads()
 

@@ -163,6 +163,8 @@ class PoetApp(App[None]):
 
         key = ("llamacpp", model, adapters)
         with self._models_lock:
+            if self._models.get(key, True) is None and asked == "llamacpp":
+                del self._models[key]  # auto fell back to torch here before; asked for by name, try again
             if key not in self._models:
                 self._drop(llama=True)  # and one llama.cpp engine
                 self.say("loading the model for llama.cpp…", timeout=8)

@@ -80,11 +80,14 @@ def test_a_peft_adapter_becomes_a_gguf_adapter_with_its_scaling_in_b(kind, tiny_
         np.testing.assert_allclose(tensors["blk.0.attn_qkv.weight.lora_b"], b * scale)
 
 
-def test_a_dora_adapter_is_refused_with_a_way_out(tiny_llama, tmp_path):
+def test_adapters_llama_cpp_cannot_express_are_refused_with_a_way_out(tiny_llama, tmp_path):
     meta = {"peft_type": "LORA", "use_dora": True, "r": 4, "lora_alpha": 8}
     head = {"arch": "llama", "n_layers": 2, "n_head": 4, "n_head_kv": 2}
     with pytest.raises(PoetError, match="plain LoRA adapters only.*--engine torch"):
         llamacpp.write_adapter(tmp_path / "none.safetensors", meta, head, tmp_path / "out.gguf")
+    for extra in ({"modules_to_save": ["lm_head"]}, {"bias": "lora_only"}, {"lora_bias": True}):
+        with pytest.raises(PoetError, match="cannot hold; use --engine torch"):  # else a different model, silently
+            llamacpp.write_adapter(tmp_path / "none.safetensors", {"r": 4, **extra}, head, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 
 
@@ -132,8 +135,10 @@ def test_greedy_columns_agree_with_the_torch_path(kind, tiny_models, make_run):
         assert asked == torch_columns(base, adapter, "Write a poem", instruct=True)
 
 
-def test_cli_generate_and_compare_on_llama_cpp_report_the_engine_and_speed(tiny_llama, make_run, capsys):
+def test_cli_generate_and_compare_on_llama_cpp_report_the_engine_and_speed(tiny_llama, make_run, capsys,
+                                                                           monkeypatch, tmp_path):
     needs_llama_cpp()
+    monkeypatch.setenv("POETWB_CACHE", str(tmp_path / "cache"))  # a cache no other test converted this model into
     folder = make_run(tiny_llama, "cli")
     args = ["-p", PROMPT, "-t", "0", "--repetition-penalty", "1", "-n", "12", "--json"]
     assert main(["generate", "-a", folder.name, "--engine", "llamacpp", "--save", *args]) == 0
@@ -183,7 +188,7 @@ def test_threads_leave_out_the_cpus_another_busy_process_holds():
     cpus = len(os.sched_getaffinity(0))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        assert llamacpp._busy_cpus(0.3) >= 0.5
+        assert llamacpp._busy_cpus(os.sched_getaffinity(0), 0.3) >= 0.5
         assert 1 <= llamacpp.threads() <= max(1, cpus - 1)
     finally:
         busy.kill()

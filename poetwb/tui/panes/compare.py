@@ -348,9 +348,10 @@ class ComparePane(WorkerErrors, Vertical):
         from poetwb.core import generate, llamacpp
 
         stats: list[Any] = []
-        name = "torch"
+        name = "llama.cpp" if engine[1] == "llamacpp" else "torch"
         try:
             fast = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
+            name = "llama.cpp" if fast is not None else "torch"
             if fast is not None:
                 name = fast.name
                 layout: list[Any] = ([None] if with_base else []) + list(range(len(adapters)))
