@@ -121,18 +121,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if model is None and adapter is not None:  # a run's adapter goes with the base model that run trained
         model = _runs_base([adapter])
     stats: list[Any] = []
-    fast = _llama_engine(args.engine, engine, model, [adapter] if adapter else [], args.trust_remote_code)
-    if fast is not None:
-        model_id, engine_name = fast.model_id, fast.name
-        chunks = llamacpp.columns(fast, args.prompt, sampling, [0 if adapter else None], args.instruct, stats=stats)
-    else:
-        _convert_bundled_with_progress(model or "bundled")
-        loaded = models.load(model, adapter, trust_remote_code=args.trust_remote_code,
-                             allow_pickle=args.allow_pickle, dtype=args.dtype)
-        model_id, engine_name = loaded.model_id, "torch"
-        layout = [generate.adapter_names(loaded)[-1] if loaded.adapter else None]
-        chunks = generate.columns(loaded, args.prompt, sampling, layout, args.instruct, form, args.candidates,
-                                  stats=stats)
+    runner = _runner(args.engine, engine, model, [adapter] if adapter else [], trust_remote_code=args.trust_remote_code,
+                     allow_pickle=args.allow_pickle, dtype=args.dtype)
+    model_id, engine_name = runner.model_id, generate.engine_name(runner)
+    chunks = generate.runner_columns(runner, args.prompt, sampling, adapter is None, args.instruct, form,
+                                     args.candidates, stats=stats)
     from poetwb.core.text import SafeStream, safe_text
 
     lead = "" if args.instruct else args.prompt
@@ -170,25 +163,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llama_engine(asked: str, engine: str, model: str | None, adapters: list[Any],
-                  trust_remote_code: bool = False) -> Any:
-    """The llama.cpp engine for a base model and adapters, or None for the torch path. Under --engine auto a
-    model or adapter llama.cpp cannot run (another architecture, DoRA) quietly takes the torch path; asked for
-    by name, it is an error."""
-    from poetwb.core import llamacpp
+def _runner(asked: str, engine: str, model: str | None, adapters: list[Any], **load: Any) -> Any:
+    """The base model with its adapters on the chosen engine: a llama.cpp Engine, or a torch LoadedModel (`load`
+    goes to models.load). Under --engine auto a model or adapter llama.cpp cannot run (another architecture, DoRA,
+    own Python code) quietly takes the torch path; asked for by name, it is an error."""
+    from poetwb.core import llamacpp, models
 
-    if engine != "llamacpp":
-        return None
-    if trust_remote_code:  # a model that needs its own Python code is one llama.cpp cannot run
-        if asked == "llamacpp":
-            raise PoetError("--trust-remote-code models run on torch only; drop --engine llamacpp")
-        return None
-    try:
-        return llamacpp.Engine.for_run(model or "bundled", adapters, note=_eprint)
-    except PoetError:
-        if asked == "llamacpp":
-            raise
-        return None
+    if engine == "llamacpp":
+        try:
+            if load.get("trust_remote_code"):  # a model that needs its own Python code is one llama.cpp cannot run
+                raise PoetError("--trust-remote-code models run on torch only; drop --engine llamacpp")
+            return llamacpp.Engine.for_run(model or "bundled", adapters, note=_eprint)
+        except PoetError:
+            if asked == "llamacpp":
+                raise
+    _convert_bundled_with_progress(model or "bundled")
+    return models.load(model, adapters=adapters, **load)
 
 
 def _save_poems(args: argparse.Namespace, texts: list[tuple[str, Any]], model: str, sampling: Any,
@@ -451,18 +441,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     labels = ["base", *(_run_label(a) for a in adapters)]
     texts = [""] * (len(adapters) + 1)
     stats: list[Any] = []
-    fast = _llama_engine(args.engine, engine, model, adapters)
-    if fast is not None:
-        model_id, engine_name = fast.model_id, fast.name
-        chunks = llamacpp.columns(fast, args.prompt, sampling, [None, *range(len(adapters))], args.instruct,
-                                  stats=stats)
-    else:
-        _convert_bundled_with_progress(model or "bundled")
-        loaded = models.load(model, adapters=adapters, dtype=args.dtype)
-        model_id, engine_name = loaded.model_id, "torch"
-        chunks = generate.columns(loaded, args.prompt, sampling, [None, *generate.adapter_names(loaded)],
-                                  args.instruct, form, args.candidates, stats=stats)
-    for col, chunk in chunks:
+    runner = _runner(args.engine, engine, model, adapters, dtype=args.dtype)
+    model_id, engine_name = runner.model_id, generate.engine_name(runner)
+    for col, chunk in generate.runner_columns(runner, args.prompt, sampling, True, args.instruct, form,
+                                              args.candidates, stats=stats):
         texts[col] += chunk
     from poetwb.core.text import safe_text
 

@@ -172,12 +172,9 @@ def stream_rows(
                 rows[row].new_tokens += 1
                 if rows[row].new_tokens >= sampling.max_new_tokens:
                     rows[row].reason = "max tokens"
-                text = tokenizer.decode(ids[row], skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                if len(text) > shown[row]:
-                    yield row, text[shown[row]:]
-                    shown[row] = len(text)
+                if piece := unseen(tokenizer.decode(ids[row], skip_special_tokens=True), shown[row]):
+                    yield row, piece
+                    shown[row] += len(piece)
         ended = True
     finally:
         cancelled = stop.is_set() or not ended
@@ -186,6 +183,12 @@ def stream_rows(
         for row in rows:
             if row.reason == "running":
                 row.reason = "cancelled" if cancelled else "max tokens"
+
+
+def unseen(text: str, shown: int) -> str:
+    """What a row's decoded text adds past the `shown` characters already streamed; nothing while it ends in half a
+    multi-byte character (U+FFFD), which the next token completes. Both engines stream by this rule."""
+    return "" if text.endswith("\ufffd") else text[shown:]
 
 
 def _as_list(value: Any) -> list[int]:
@@ -419,12 +422,8 @@ def columns(loaded: Any, prompt: str, sampling: SamplingConfig, layout: list[str
         raise PoetError(f"no adapter named {unknown[0]!r} is loaded")
     # one generation at a time per model: a new one (the workbench's next Generate) waits for the one it replaced
     # to stop at its next step, so their row masks and patched layers never overlap
-    busy = _model_lock(loaded.model)
-    busy.acquire()
-    try:
+    with _model_lock(loaded.model):
         yield from _columns(loaded, text, prompt, sampling, layout, instruct, form, candidates, cancel, stats)
-    finally:
-        busy.release()
 
 
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -473,6 +472,27 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
     finally:
         head.__exit__()
         mask.close()
+
+
+def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base: bool, instruct: bool = False,
+                   form: Any = None, candidates: int = 8, cancel: threading.Event | None = None,
+                   stats: list[RowStats] | None = None) -> Iterator[tuple[int, str]]:
+    """`columns` on whichever engine loaded the model: the base model first (when with_base), then every adapter
+    loaded on it, in order. A llama.cpp Engine writes free verse; a LoadedModel (torch) writes any poem."""
+    from poetwb.core import llamacpp
+
+    if isinstance(runner, llamacpp.Engine):
+        layout: list[Any] = ([None] if with_base else []) + list(range(len(runner.adapters)))
+        return llamacpp.columns(runner, prompt, sampling, layout, instruct, cancel, stats)
+    layout = ([None] if with_base else []) + adapter_names(runner)
+    return columns(runner, prompt, sampling, layout, instruct, form, candidates, cancel, stats)
+
+
+def engine_name(runner: Any) -> str:
+    """How footers, --json and saved poems name the engine of a loaded model: llama.cpp or torch."""
+    from poetwb.core import llamacpp
+
+    return runner.name if isinstance(runner, llamacpp.Engine) else "torch"
 
 
 def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,

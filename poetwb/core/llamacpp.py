@@ -121,11 +121,11 @@ def base_gguf(spec: str | None, quant: str = "f16", note: Callable[[str], None] 
     files = sorted([*folder.glob("*.safetensors"), *folder.glob("tokenizer*"), *folder.glob("*.jinja")])
     key = _digest(str(folder.resolve()).encode(), json.dumps(config, sort_keys=True).encode(), quant.encode(),
                   *(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}".encode() for w in files))
-    target = _cache() / "base" / f"{_slug(model_id)}-{key}-{quant}.gguf"
+    from poetwb.core import export
+
+    target = _cache() / "base" / f"{export._slug(model_id)[:60]}-{key}-{quant}.gguf"
 
     def write(tmp: Path) -> None:
-        from poetwb.core import export
-
         if note is not None:
             note(f"converting {model_id} to GGUF for llama.cpp (once; cached in {target.parent})")
         loaded = models.load(spec, dtype="fp32", device="cpu")
@@ -133,10 +133,6 @@ def base_gguf(spec: str | None, quant: str = "f16", note: Callable[[str], None] 
                           describe=f"{model_id}, converted by poetwb for its llama.cpp engine")
 
     return model_id, _write_once(target, write)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text.lower()).strip("-")[:60] or "model"
 
 
 def adapter_gguf(adapter_dir: Path, base: Path, head: dict[str, Any] | None = None) -> Path:
@@ -230,7 +226,7 @@ def write_adapter(weights: Path, meta: dict[str, Any], head: dict[str, Any], out
 
 
 def _pattern(pattern: dict[str, Any], module: str, default: float) -> Any:
-    """peft's rank_pattern / alpha_pattern: the value of the longest key the module's name ends with."""
+    """peft's alpha_pattern: the value of the longest key the module's name ends with."""
     hits = [k for k in pattern if module == k or module.endswith("." + k)]
     return pattern[max(hits, key=len)] if hits else default
 
@@ -488,7 +484,7 @@ class Engine:
         """Yield (column, text chunk) for already formatted prompt text; layout entries are None (the base) or an
         adapter's index. Columns decode in turn, one token each, until each ends; stats gets one RowStats each.
         ignore_eos (benchmarks) holds off the end of text so every column runs max_new_tokens steps."""
-        from poetwb.core.generate import RowStats
+        from poetwb.core.generate import RowStats, unseen
 
         lib = self.lib
         prompt = self.tokenize(text)
@@ -531,12 +527,9 @@ class Engine:
                         else:
                             self._decode(ctxs[c], [token])
                         data[c] += self.piece(token)
-                        text = data[c].decode("utf-8", "replace")
-                        if text.endswith("\ufffd"):  # half a character: wait for the rest (as the torch path)
-                            continue
-                        if len(text) > shown[c]:
-                            yield c, text[shown[c]:]
-                            shown[c] = len(text)
+                        if piece := unseen(data[c].decode("utf-8", "replace"), shown[c]):
+                            yield c, piece
+                            shown[c] += len(piece)
             finally:
                 for chain in samplers:
                     lib.llama_sampler_free(chain)

@@ -345,23 +345,16 @@ class ComparePane(WorkerErrors, Vertical):
     def run_generation(self, gen: int, model: str, adapters: list[str], with_base: bool, prompt: str,
                        instruct: bool, sampling: Any, form: Any, candidates: int, stop: threading.Event,
                        engine: tuple[str, str] = ("auto", "torch")) -> None:
-        from poetwb.core import generate, llamacpp
+        from poetwb.core import generate
 
         stats: list[Any] = []
         name = "llama.cpp" if engine[1] == "llamacpp" else "torch"
         try:
-            fast = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
-            name = "llama.cpp" if fast is not None else "torch"
-            if fast is not None:
-                name = fast.name
-                layout: list[Any] = ([None] if with_base else []) + list(range(len(adapters)))
-                chunks = llamacpp.columns(fast, prompt, sampling, layout, instruct, cancel=stop, stats=stats)
-            else:
-                loaded = self.app.load_model(model, tuple(adapters))
-                layout = ([None] if with_base else []) + generate.adapter_names(loaded)
-                chunks = generate.columns(loaded, prompt, sampling, layout, instruct, form, candidates,
-                                          cancel=stop, stats=stats)
-            for col, chunk in chunks:
+            runner = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
+            runner = runner or self.app.load_model(model, tuple(adapters))
+            name = generate.engine_name(runner)
+            for col, chunk in generate.runner_columns(runner, prompt, sampling, with_base, instruct, form,
+                                                      candidates, cancel=stop, stats=stats):
                 self.post_message(ColumnChunk(gen, col, chunk))
             self.post_message(GenerationEnded(gen, stats, engine=name))
         except Exception as exc:  # every failure reaches the user, whatever its type
