@@ -45,8 +45,8 @@ class PoetApp(App[None]):
         self.corpus: dict[str, Any] = {}
         self.instructions: dict[str, Any] = {}
         self._library: Library | None = None
-        self._models: dict[tuple[Any, ...], Any] = {}
-        """Loaded models: one torch model (model, adapters) and one llama.cpp engine ('llamacpp', model, adapters)."""
+        self._models: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        """Per engine (torch, llamacpp), the one model kept loaded: ((model, adapters), LoadedModel or Engine)."""
         self._models_lock = threading.Lock()
 
     @property
@@ -144,14 +144,12 @@ class PoetApp(App[None]):
         ~40 s once; a load takes seconds)."""
         from poetwb.core import models
 
-        key = (model, adapters)
-        with self._models_lock:
-            if key not in self._models:
-                self._drop(llama=False)  # keep one torch model in memory at a time
-                extra = "" if not adapters else " and its adapter" if len(adapters) == 1 else " and its adapters"
-                self.say(models.loading_note(model) + extra + "…", timeout=8)
-                self._models[key] = models.load(model, adapters=list(adapters))
-            return self._models[key]
+        def load() -> Any:
+            extra = "" if not adapters else " and its adapter" if len(adapters) == 1 else " and its adapters"
+            self.say(models.loading_note(model) + extra + "…", timeout=8)
+            return models.load(model, adapters=list(adapters))
+
+        return self._kept("torch", (model, adapters), load)
 
     def load_engine(self, model: str, adapters: tuple[str, ...] = (), asked: str = "auto") -> Any:
         """The llama.cpp engine for a model and its adapters, loaded once and cached like load_model; None where
@@ -161,26 +159,28 @@ class PoetApp(App[None]):
         from poetwb.core import llamacpp
         from poetwb.core.errors import PoetError
 
-        key = ("llamacpp", model, adapters)
-        with self._models_lock:
-            if self._models.get(key, True) is None and asked == "llamacpp":
-                del self._models[key]  # auto fell back to torch here before; asked for by name, try again
-            if key not in self._models:
-                self._drop(llama=True)  # and one llama.cpp engine
-                self.say("loading the model for llama.cpp…", timeout=8)
-                try:
-                    self._models[key] = llamacpp.Engine.for_run(model, [Path(a) for a in adapters],
-                                                                note=lambda text: self.say(text, timeout=10))
-                except PoetError as exc:
-                    if asked == "llamacpp":
-                        raise
-                    self.say(f"llama.cpp cannot run this model ({exc}); using torch", timeout=8)
-                    self._models[key] = None
-            return self._models[key]
+        def load() -> Any:
+            self.say("loading the model for llama.cpp…", timeout=8)
+            try:
+                return llamacpp.Engine.for_run(model, [Path(a) for a in adapters],
+                                               note=lambda text: self.say(text, timeout=10))
+            except PoetError as exc:
+                if asked == "llamacpp":
+                    raise
+                self.say(f"llama.cpp cannot run this model ({exc}); using torch", timeout=8)
+                return None
 
-    def _drop(self, llama: bool) -> None:
-        for key in [k for k in self._models if (k[0] == "llamacpp") == llama]:
-            del self._models[key]
+        # auto fell back to torch for this model before: asked for by name, llama.cpp is tried again
+        return self._kept("llamacpp", (model, adapters), load, retry_none=asked == "llamacpp")
+
+    def _kept(self, engine: str, key: tuple[Any, ...], load: Any, retry_none: bool = False) -> Any:
+        """The one model kept in memory per engine: load's result for key, loaded once (a new key replaces it)."""
+        with self._models_lock:
+            held = self._models.get(engine)
+            if held is None or held[0] != key or (retry_none and held[1] is None):
+                self._models.pop(engine, None)  # the old one goes before the new one loads
+                self._models[engine] = (key, load())
+            return self._models[engine][1]
 
     def on_unmount(self) -> None:
         for pane in self.query("#poems-pane"):  # a deletion still undoable becomes final before the library closes
