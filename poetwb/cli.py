@@ -881,8 +881,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     from poetwb.core.llamacpp import ENGINES
 
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]') and the poem is free verse, "
-                   "else torch; --dtype applies to torch only")
+                   help="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]'), else torch; --dtype "
+                   "applies to torch only")
 
 
 def _form_args(p: argparse.ArgumentParser) -> None:

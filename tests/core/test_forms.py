@@ -7,6 +7,7 @@ import pytest
 from poetwb.core import forms, generate, metrics, models
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
+from poetwb.core.forms_torch import TorchLines
 
 
 def test_named_forms_have_their_shape():
@@ -82,8 +83,9 @@ def test_the_score_puts_rhyme_then_syllables_then_the_model():
 def _write(loaded, form, seed=0, k=3, prompt="The sea is blue", instruct=False):
     text = generate.format_prompt(loaded.tokenizer, prompt, instruct)
     prefilled = None if instruct else forms.prompt_lines(prompt)
-    return list(forms.write(loaded.model, loaded.tokenizer, text, form, SamplingConfig(seed=seed, temperature=1.0),
-                            candidates=k, prefilled=prefilled))
+    lm = TorchLines(loaded.model, loaded.tokenizer)
+    return list(forms.write(lm, text, form, SamplingConfig(seed=seed, temperature=1.0), candidates=k,
+                            prefilled=prefilled))
 
 
 @pytest.fixture(scope="module")

@@ -25,27 +25,24 @@ def needs_llama_cpp():
 
 def test_engine_choice_and_its_errors(monkeypatch):
     sonnet = forms.make_form("sonnet", None, None)
-    assert llamacpp.choose("torch") == "torch"
-    assert llamacpp.choose("auto", form=sonnet) == "torch"  # forms steer sampling with torch
+    assert llamacpp.choose("torch") == "torch" and llamacpp.choose("torch", form=sonnet) == "torch"
     with pytest.raises(PoetError, match="unknown engine 'fast'"):
         llamacpp.choose("fast")
     monkeypatch.setattr(llamacpp, "installed", lambda: False)
-    assert llamacpp.choose("auto") == "torch"
+    assert llamacpp.choose("auto") == "torch" and llamacpp.choose("auto", form=sonnet) == "torch"
     with pytest.raises(PoetError, match=r"not installed: pip install 'poetwb\[llamacpp\]'"):
         llamacpp.choose("llamacpp")
     monkeypatch.setattr(llamacpp, "installed", lambda: True)
-    assert llamacpp.choose("auto") == "llamacpp"
-    with pytest.raises(PoetError, match="strict forms are written by the torch engine"):
-        llamacpp.choose("llamacpp", form=sonnet)
+    assert llamacpp.choose("auto") == "llamacpp" and llamacpp.choose("auto", form=sonnet) == "llamacpp"
+    assert llamacpp.choose("llamacpp", form=sonnet) == "llamacpp"  # forms are written on both engines
 
 
 def test_the_cli_refuses_an_engine_that_cannot_serve_before_loading_anything(capsys, monkeypatch):
     monkeypatch.setattr(llamacpp, "installed", lambda: False)
     assert main(["generate", "--engine", "llamacpp", "-p", "The sea"]) == 1
     assert "the llama.cpp engine is not installed" in capsys.readouterr().err
-    monkeypatch.setattr(llamacpp, "installed", lambda: True)
-    assert main(["generate", "--engine", "llamacpp", "--form", "sonnet", "-p", "The sea"]) == 1
-    assert "pick engine auto or torch for a form" in capsys.readouterr().err
+    assert main(["compare", "--engine", "llamacpp", "--form", "sonnet", "-p", "The sea", "-a", "x"]) == 1
+    assert "the llama.cpp engine is not installed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -159,10 +156,18 @@ def test_cli_generate_and_compare_on_llama_cpp_report_the_engine_and_speed(tiny_
     assert [c["new_tokens"] for c in both["columns"]] == [12, 12]
 
 
-def test_auto_takes_torch_for_a_form_and_the_json_says_so(tiny_llama, capsys):
-    assert main(["generate", "-m", str(tiny_llama), "-p", PROMPT, "--form", "couplets", "--stanzas", "1",
-                 "-n", "12", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["engine"] == "torch"
+def test_a_form_poem_takes_the_engine_auto_finds_and_the_json_says_so(tiny_llama, capsys, monkeypatch):
+    args = ["generate", "-m", str(tiny_llama), "-p", PROMPT, "--form", "couplets", "--stanzas", "1", "--json"]
+    monkeypatch.setattr(llamacpp, "installed", lambda: False)
+    assert main(args) == 0
+    slow = json.loads(capsys.readouterr().out)
+    monkeypatch.undo()
+    needs_llama_cpp()
+    assert main(args) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert (slow["engine"], fast["engine"]) == ("torch", "llama.cpp")
+    assert fast["form"] == slow["form"] == "couplets: 2 lines, AA, 10 syllables"
+    assert fast["text"].count("\n") == 2 and fast["stop_reason"] == "form complete"
 
 
 def test_a_poem_stops_at_the_end_of_the_models_context_instead_of_aborting(tiny_gpt2):

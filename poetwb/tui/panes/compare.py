@@ -150,8 +150,7 @@ class ComparePane(WorkerErrors, Vertical):
             yield Slider("candidates per line", 1, 16, 1, forms.DEFAULT_CANDIDATES, integer=True, id="candidates")
             yield Select([("engine: auto", "auto"), ("engine: torch", "torch"), ("engine: llama.cpp", "llamacpp")],
                          value="auto", allow_blank=False, id="engine",
-                         tooltip="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]') for free verse, "
-                                 "else torch; forms always use torch")
+                         tooltip="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]'), else torch")
         with Horizontal(id="sliders"):
             with Vertical():
                 yield Slider("temperature", 0.0, 2.0, 0.05, d.temperature, id="temperature")
@@ -276,9 +275,10 @@ class ComparePane(WorkerErrors, Vertical):
         if not adapters:
             self.app.notify("no fine-tuned run picked: showing the base model only (train one with F3)",
                             severity="warning")
-        if asked == "auto" and not form and not llamacpp.installed() and not self._engine_hint_shown:
+        if asked == "auto" and not llamacpp.installed() and not self._engine_hint_shown:
             self._engine_hint_shown = True  # once per session: where the faster engine comes from
-            self.app.notify(f"generating on torch; for free verse ~5x faster: {llamacpp.INSTALL_HINT}", timeout=8)
+            self.app.notify(f"generating on torch; several times faster with llama.cpp: {llamacpp.INSTALL_HINT}",
+                            timeout=8)
         model = bases.pop() if bases else self.app.base_model
         instruct = self.query_one("#instruct", Switch).value
         cols = ([ModelColumn(None, "base model")] if with_base else []) + [
