@@ -11,11 +11,13 @@ tokens (end of text is held off with min_new_tokens, so every row runs every ste
 - where llama-cpp-python is installed, the llama.cpp engine on the bundled GGUF with the same adapter as a GGUF
   adapter: one column, side by side, two sequential calls (end of text held off with a logit bias).
 The paths are interleaved and repeated; the best of the repeats counts (the least disturbed by other processes).
-Then `poetwb generate` end to end in a fresh process (32 tokens, cached model) on each engine, and the import time
-alone.
+- where llama-cpp-python is installed, k rows of the tuned model on one llama.cpp context (8 sequences, the numpy
+  sampler): the form engine's step, against one row.
+Then one form poem (a sonnet, k = 8, tuned) on each engine, `poetwb generate` end to end in a fresh process (32
+tokens, cached model) on each engine, and the import time alone.
 Prints figures; asserts nothing.
 
-Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3]
+Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3] [--form sonnet|none]
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--form", default="sonnet", help="the form poem timed on each engine (none: skip)")
+    parser.add_argument("--candidates", type=int, default=8)
     args = parser.parse_args()
 
     import torch
@@ -112,10 +116,37 @@ def main() -> None:
                 pass
             return time.perf_counter() - t
 
+        def fast_rows(rows: int) -> float:
+            """k rows of the tuned model on one context, one token each per step, drawn by the numpy sampler:
+            how the llama.cpp engine samples a form's candidate lines."""
+            import numpy as np
+
+            from poetwb.core.llamacpp_forms import LlamaLines, pick
+
+            with engine.lock:
+                lm = LlamaLines(engine, engine._context(9, 0, len(engine.tokenize(text)) + rows * (n + 1), rows), rows)
+                try:
+                    lm.start(lm.encode(text))
+                    t = time.perf_counter()
+                    for seq in range(1, rows):
+                        engine.lib.llama_memory_seq_cp(lm.mem, 0, seq, -1, -1)
+                    last, base_pos = [lm.ids[-1]] * rows, len(lm.ids) - 1
+                    rng = np.random.default_rng(0)
+                    never = [lm.classes.never]  # end of text held off, as in every other path
+                    seen = np.unique(lm.ids)
+                    for step in range(n):
+                        logits = lm._decode(last, [base_pos + step] * rows, list(range(rows)))
+                        last = [pick(row, seen, never, s, rng) for row in logits]
+                    return time.perf_counter() - t
+                finally:
+                    lm.close()
+
         paths.update({
             "llama.cpp, base, 1 column": lambda: fast([None]),
             "llama.cpp, one pass": lambda: fast([None, 0]),
             "llama.cpp, two calls": lambda: fast([None]) + fast([0]),
+            "llama.cpp, tuned 1 row": lambda: fast_rows(1),
+            "llama.cpp, tuned 8 rows": lambda: fast_rows(8),
         })
         fast([None, 0])  # warm-up
     columns([None, name])  # warm-up
@@ -144,9 +175,39 @@ def main() -> None:
               f"{best['one pass, lean'] / best['llama.cpp, one pass']:.1f}x the torch lean side by side; "
               f"one pass / two calls: "
               f"{best['llama.cpp, one pass'] / best['llama.cpp, two calls']:.2f}x", flush=True)
+        print(f"llama.cpp engine: batch of 8 / one row (one context, 8 sequences, numpy sampler), time per step: "
+              f"{best['llama.cpp, tuned 8 rows'] / best['llama.cpp, tuned 1 row']:.2f}x", flush=True)
     else:
         print("llama.cpp engine: not installed (pip install 'poetwb[llamacpp]'), not measured", flush=True)
+    if args.form != "none":
+        form_poems(loaded, engine, args.form, args.candidates)
     end_to_end(32, ["torch", "llamacpp"] if engine is not None else ["torch"])
+
+
+def form_poems(loaded: object, engine: object, name: str, candidates: int) -> None:
+    """One form poem of the tuned model (raw prompt, report sampling, k candidates per line) on each engine: what
+    a Compare column costs. Once each: a poem takes long enough that one is a figure."""
+    from poetwb.core import forms, generate, llamacpp
+    from poetwb.core.config import SamplingConfig
+
+    form = forms.make_form(name)
+    s = SamplingConfig(seed=0)
+    times = {}
+    for label in ("torch", "llama.cpp") if engine is not None else ("torch",):
+        runner = loaded if label == "torch" else engine
+        layout = [generate.adapter_names(loaded)[-1]] if label == "torch" else [0]
+        stats: list = []
+        t = time.perf_counter()
+        chunks = (generate.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats)
+                  if label == "torch" else
+                  llamacpp.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats))
+        lines = sum(chunk.strip() != "" for _, chunk in chunks)
+        times[label] = time.perf_counter() - t
+        print(f"{form.describe()}, k = {candidates}, tuned, {label}: {times[label]:.1f} s for {lines} lines "
+              f"({stats[0].new_tokens} candidate tokens, {stats[0].new_tokens / times[label]:.1f} tokens/s)",
+              flush=True)
+    if len(times) == 2:
+        print(f"form poem, llama.cpp / torch time: {times['llama.cpp'] / times['torch']:.2f}x", flush=True)
 
 
 def end_to_end(tokens: int, engines: list[str]) -> None:

