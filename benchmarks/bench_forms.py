@@ -7,7 +7,7 @@ checker, not the generator's scorer), lines per poem, words in the poet's vocabu
 the reference run's — the first RUN's — validation poems in 256-token blocks, the same set for every run) and seconds
 per poem; and the time ratio form / free. Prints figures; asserts nothing.
 
-Run: HF_HUB_OFFLINE=1 python benchmarks/bench_forms.py RUN [RUN …] [--form sonnet] [--candidates 8]
+Run: HF_HUB_OFFLINE=1 python benchmarks/bench_forms.py RUN [RUN …] [--form sonnet] [--candidates 8] [--engine auto]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main() -> None:
                         help="also measure this run in free verse only (e.g. a cpu-quick run, for the preset table)")
     parser.add_argument("--form", default="sonnet")
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
+                        help="the engine that writes the poems (auto: llama.cpp where it is installed)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -37,16 +39,17 @@ def main() -> None:
     form = forms.make_form(args.form)
     prompts = evaluate.load_prompts(None)
     print(cpu_header(), flush=True)
-    print(f"{len(prompts)} prompts; form {form.describe()}; k = {args.candidates} candidates per line; form shares "
+    print(f"{len(prompts)} prompts; engine {args.engine}; form {form.describe()}; k = {args.candidates} candidates "
+          "per line; form shares "
           "by metrics.py's checker (free verse is measured against the same form)", flush=True)
     print(f"{'run':18} {'model':6} {'mode':7} {'exact lines':>11} {'rhymes':>7} {'syl ±1':>7} {'lines':>6} "
           f"{'vocab':>6} {'held-out':>8} {'s/poem':>7}", flush=True)
     results = {}
     for run in args.runs + args.free_only:
         losses = common_val_loss(run, args.runs[0])
-        free = evaluate.poetic_metrics(run, prompts, max_new_tokens=160)
+        free = evaluate.poetic_metrics(run, prompts, max_new_tokens=160, engine=args.engine)
         shaped = None if run in args.free_only else evaluate.poetic_metrics(
-            run, prompts, max_new_tokens=160, form=form, candidates=args.candidates)
+            run, prompts, max_new_tokens=160, form=form, candidates=args.candidates, engine=args.engine)
         results[run] = {"held_out": losses, "free": free, "form": shaped}
         for key in ("base", "tuned"):
             val = losses[key]

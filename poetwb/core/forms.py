@@ -467,6 +467,9 @@ class LineModel(Protocol):
     def extend(self, ids: list[int]) -> None:
         """Append a chosen line's ids to the poem."""
 
+    def context_size(self) -> int:
+        """The positions the model was trained on (a very large number where it does not say)."""
+
     def room(self) -> int:
         """How many more tokens fit in the model's context (positions it was trained on) after the poem so far."""
 
@@ -595,7 +598,12 @@ def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig,
     if prefilled:  # the prompt's lines are the poem's first lines: end them as the form does
         text = prompt_text.rstrip("\n")
         text += "\n\n" if form.lines[len(prefilled) - 1].stanza_end else "\n"
-    lm.start(lm.encode(text))
+    ids = lm.encode(text)
+    if len(prefilled) < len(form.lines) and len(ids) + max_line_tokens(form.lines[len(prefilled)]) + 2 > (
+            size := lm.context_size()):
+        raise PoetError(f"the prompt takes {len(ids)} tokens and the model's whole context is {size}: no room for "
+                        "a line; shorten it")
+    lm.start(ids)
     # seconds count only this poem's own work: the columns of a comparison write their lines in turn
     stats.seconds += time.perf_counter() - started
     partners = form.partners()
@@ -650,18 +658,23 @@ def interleave(writers: list[Iterator[PoemLine]], form_stats: list[FormStats], s
     step = step or (lambda c, w: next(w, None))
     stats[:] = [RowStats() for _ in writers]
     live = list(range(len(writers)))
-    while live:
-        for c in list(live):
-            line = step(c, writers[c])
-            stats[c].new_tokens, stats[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
-            if line is None:
-                live.remove(c)
-                stats[c].reason = ("cancelled" if cancel is not None and cancel.is_set() else
-                                   "context full" if form_stats[c].context_full else "form complete")
-                continue
-            end = "\n\n" if line.spec.stanza_end else "\n"
-            # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
-            yield c, end if line.prefilled else line.text + end
+    try:
+        while live:
+            for c in list(live):
+                line = step(c, writers[c])
+                stats[c].new_tokens, stats[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
+                if line is None:
+                    live.remove(c)
+                    stats[c].reason = ("cancelled" if cancel is not None and cancel.is_set() else
+                                       "context full" if form_stats[c].context_full else "form complete")
+                    continue
+                end = "\n\n" if line.spec.stanza_end else "\n"
+                # the prompt's own lines are not repeated: the consumer shows the prompt, then what follows it
+                yield c, end if line.prefilled else line.text + end
+    finally:  # stopped by an error or by the consumer: no column is left "running"
+        for row in stats:
+            if row.reason == "running":
+                row.reason = "cancelled"
 
 
 def render(lines: list[PoemLine]) -> str:

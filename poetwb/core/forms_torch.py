@@ -150,10 +150,12 @@ class TorchLines:
         assert self.ctx is not None
         self.ctx.extend(ids)
 
+    def context_size(self) -> int:
+        return _positions(self.model) or 1 << 30
+
     def room(self) -> int:
         assert self.ctx is not None
-        limit = _positions(self.model)
-        return 1 << 30 if not limit else limit - len(self.ctx.ids)
+        return self.context_size() - len(self.ctx.ids)
 
     def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
         """k candidate lines from one batched generate call on the shared context cache."""

@@ -437,6 +437,8 @@ class Engine:
             if ctx is not None:
                 del self.contexts[column]  # never left holding a freed context if the new one fails
                 lib.llama_free(ctx)
+            # grown, never shrunk: switching between free verse and forms does not rebuild it every time
+            n_ctx, n_seq = max(n_ctx, size), max(n_seq, seqs)
             size = max(512, -(-n_ctx // 256) * 256)
             params = lib.llama_context_default_params()
             params.n_ctx = size

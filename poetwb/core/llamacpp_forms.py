@@ -72,8 +72,12 @@ def distribution(logits: np.ndarray, seen: np.ndarray, bans: list[np.ndarray],
         kept = np.argpartition(x, n - sampling.top_k)[n - sampling.top_k:]
     if sampling.top_p < 1:
         norm = _logsumexp(x if kept is None else x[kept])
-        pool = kept if kept is not None or n <= _NUCLEUS_FIRST else np.argpartition(x, n - _NUCLEUS_FIRST)[
-            n - _NUCLEUS_FIRST:]
+        if kept is not None:
+            pool = kept
+        elif n <= _NUCLEUS_FIRST:
+            pool = np.arange(n)
+        else:
+            pool = np.argpartition(x, n - _NUCLEUS_FIRST)[n - _NUCLEUS_FIRST:]
         pool = pool[np.argsort(-x[pool], kind="stable")]
         probs = np.exp(x[pool] - norm)
         if kept is None and pool.size < n and probs.sum() < sampling.top_p:  # the nucleus is wider: sort all
@@ -155,6 +159,9 @@ class LlamaLines:
         feed = self.ids[old - 1: -1]
         if feed:
             self._decode(feed, list(range(old - 1, old - 1 + len(feed))), [0] * len(feed), last_only=True)
+
+    def context_size(self) -> int:
+        return self.engine.n_ctx_train
 
     def room(self) -> int:
         return self.engine.n_ctx_train - len(self.ids)
@@ -256,8 +263,10 @@ def form_columns(engine: Any, prompt: str, sampling: SamplingConfig, layout: lis
     own = stats if stats is not None else []
     with engine.lock:  # one generation at a time on these contexts
         engine.n_threads = threads()
-        models = [LlamaLines(engine, engine._context(c, a, n_ctx, k), k) for c, a in enumerate(layout)]
+        models: list[LlamaLines] = []
         try:
+            for c, a in enumerate(layout):
+                models.append(LlamaLines(engine, engine._context(c, a, n_ctx, k), k))
             form_stats = [forms.FormStats() for _ in layout]
             writers = [forms.write(lm, text, form, sampling, candidates=candidates, prefilled=prefilled,
                                    cancel=cancel, stats=form_stats[c]) for c, lm in enumerate(models)]

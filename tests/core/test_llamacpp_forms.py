@@ -12,6 +12,7 @@ import pytest
 
 from poetwb.core import forms, generate, llamacpp, models, runs
 from poetwb.core.config import SamplingConfig
+from poetwb.core.errors import PoetError
 from poetwb.core.forms_torch import TorchLines
 
 PROMPT = "The sea is blue, the sky is red"
@@ -28,7 +29,8 @@ from poetwb.core import llamacpp_forms  # noqa: E402  (imports numpy only, but b
     SamplingConfig(temperature=0.9, top_p=1.0, top_k=7, repetition_penalty=1.3),
     SamplingConfig(temperature=1.0, top_p=0.999, top_k=0, repetition_penalty=1.0),  # a nucleus wider than 512
 ])
-def test_the_sampler_draws_from_the_distribution_transformers_computes(sampling):
+@pytest.mark.parametrize("vocab", [2000, 300])  # 300: smaller than the first nucleus search
+def test_the_sampler_draws_from_the_distribution_transformers_computes(sampling, vocab):
     import torch
     from transformers import (
         RepetitionPenaltyLogitsProcessor,
@@ -38,9 +40,8 @@ def test_the_sampler_draws_from_the_distribution_transformers_computes(sampling)
     )
 
     rng = np.random.default_rng(0)
-    vocab = 2000
     logits = (rng.standard_normal(vocab) * 3).astype(np.float32)
-    seen = np.array([3, 17, 17, 400, int(np.argmax(logits))])
+    seen = np.array([3, 17, 17, 250, int(np.argmax(logits))])
     ban = np.zeros(vocab, dtype=bool)
     ban[[5, 6, int(np.argsort(logits)[-2])]] = True  # the second best token is banned
     ours_ids, ours_p = llamacpp_forms.distribution(logits, np.unique(seen), [ban], sampling)
@@ -148,3 +149,9 @@ def test_a_form_poem_stops_where_the_models_context_ends(tiny_gpt2):
         text = "".join(c for _, c in chunks(stats))
         assert stats[0].reason == "context full"
         assert 3 < text.count("\n") < 40
+    # a prompt that leaves no room for a line is refused in one line, not decoded past the model's positions
+    long = "The sea is blue, the sky is red. " * 60
+    for chunks in (lambda: llamacpp.columns(engine, long, sampling, [None], True, form=form, candidates=2),
+                   lambda: generate.columns(loaded, long, sampling, [None], True, form=form, candidates=2)):
+        with pytest.raises(PoetError, match=r"the model's whole context is 512: no room for a line; shorten it"):
+            list(chunks())
