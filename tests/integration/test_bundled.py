@@ -36,13 +36,17 @@ def test_bundled_model_converts_once_and_generates_offline():
     assert poem.text.strip()
 
 
-def test_a_sonnet_on_the_bundled_model_has_fourteen_rhyming_lines(capsys):
-    """The issue's example, through the CLI: a raw first line, then thirteen more in ABAB CDCD EFEF GG."""
+@pytest.mark.parametrize("engine", ["torch", "llamacpp"])
+def test_a_sonnet_on_the_bundled_model_has_fourteen_rhyming_lines(capsys, engine):
+    """The issue's example, through the CLI, on each engine: a raw first line, then thirteen more in ABAB CDCD EFEF
+    GG."""
     from poetwb.cli import main
     from poetwb.core import forms, metrics
 
+    if engine == "llamacpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'poetwb[llamacpp]')")
     prompt = "Shall I compare thee to a winter's night?"
-    assert main(["generate", "--form", "sonnet", "-k", "4", "--seed", "3", "-p", prompt]) == 0
+    assert main(["generate", "--form", "sonnet", "-k", "4", "--seed", "3", "-p", prompt, "--engine", engine]) == 0
     out, err = capsys.readouterr()
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 14 and lines[0] == prompt
