@@ -19,8 +19,10 @@ layer again anyway.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import textwrap
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -29,8 +31,15 @@ from typing import Any
 import torch
 from torch import nn
 
-_active: list[_Registry] = []
-"""The registry of the decoder layer whose forward pass is running (innermost last)."""
+_local = threading.local()
+"""`_local.active`: the registries of the decoder layers whose forward pass runs in this thread (innermost last)."""
+
+
+def _active() -> list[_Registry]:
+    active = getattr(_local, "active", None)
+    if active is None:
+        active = _local.active = []
+    return active
 
 _ACTIVATIONS = (nn.SiLU, nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.Hardswish, nn.Softplus, nn.ELU,
                 nn.LeakyReLU)
@@ -46,15 +55,19 @@ class _Recipe:
         self.fn, self.args = fn, args
         self.versions = tuple(a._version for a in args)
         device = args[0].device.type
-        self.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        try:
+            self.autocast = (device, torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+        except (RuntimeError, TypeError, AttributeError):  # a device type autocast does not know
+            self.autocast = None
         self.value: torch.Tensor | None = None
 
     def get(self) -> torch.Tensor:
         if self.value is None:
             if tuple(a._version for a in self.args) != self.versions:
                 raise RuntimeError("lean_activations: an input of a recomputed tensor was modified in place")
-            device, enabled, dtype = self.autocast
-            with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            cast = torch.autocast(self.autocast[0], dtype=self.autocast[1]) if self.autocast else \
+                contextlib.nullcontext()
+            with torch.no_grad(), cast:
                 self.value = self.fn(*self.args)
         return self.value
 
@@ -114,8 +127,9 @@ class _Registry:
 
 def _note_output(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
     """Forward hook of norms and activation modules: their output is module(*args), cheap to compute again."""
-    if _active and not kwargs:
-        _active[-1].add(output, module, args)
+    active = _active()
+    if active and not kwargs:
+        active[-1].add(output, module, args)
 
 
 def _gated_product(act: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -126,8 +140,9 @@ def _gated_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Llama's gated MLP, `down_proj(act_fn(gate_proj(x)) * up_proj(x))`, with the product noted as recomputable."""
     gate, up = self.gate_proj(x), self.up_proj(x)
     product = _gated_product(self.act_fn, gate, up)
-    if _active:
-        _active[-1].add(product, lambda g, u: _gated_product(self.act_fn, g, u), (gate, up))
+    active = _active()
+    if active:
+        active[-1].add(product, lambda g, u: _gated_product(self.act_fn, g, u), (gate, up))
     return self.down_proj(product)
 
 
@@ -171,23 +186,25 @@ def decoder_layers(model: Any) -> list[nn.Module]:
     return [m for m in causal.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _layer_forward(layer: nn.Module) -> Callable[..., Any]:
-    original = type(layer).forward
+def _layer_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A decoder layer's own forward, with its cheap activations noted and kept as recipes (bound to the layer as
+    its `forward`, so a copy of the model rebinds it to the copy)."""
+    original = type(self).forward
+    if not (self.training and torch.is_grad_enabled()) or getattr(self, "gradient_checkpointing", False):
+        return original(self, *args, **kwargs)
+    registry = _Registry()
+    active = _active()
+    active.append(registry)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
+            return original(self, *args, **kwargs)
+    finally:
+        active.pop()
+        registry.entries.clear()
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        if not (layer.training and torch.is_grad_enabled()) or getattr(layer, "gradient_checkpointing", False):
-            return original(layer, *args, **kwargs)
-        registry = _Registry()
-        _active.append(registry)
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
-                return original(layer, *args, **kwargs)
-        finally:
-            _active.pop()
-            registry.entries.clear()
 
-    forward.__lean_activations__ = True  # type: ignore[attr-defined]
-    return forward
+def _installed(layer: nn.Module) -> bool:
+    return getattr(layer.__dict__.get("forward"), "__func__", None) is _layer_forward
 
 
 def install(model: Any) -> int:
@@ -196,7 +213,7 @@ def install(model: Any) -> int:
     reference = _llama_mlp_source()
     count = 0
     for layer in decoder_layers(model):
-        if getattr(layer.__dict__.get("forward"), "__lean_activations__", False):
+        if _installed(layer):
             count += 1
             continue
         for module in layer.modules():
@@ -206,7 +223,7 @@ def install(model: Any) -> int:
             elif _is_cheap(module):
                 handle = module.register_forward_hook(_note_output, with_kwargs=True)
                 module.__dict__["_lean_hook"] = handle
-        layer.forward = _layer_forward(layer)
+        layer.forward = types.MethodType(_layer_forward, layer)
         count += 1
     return count
 
@@ -215,7 +232,7 @@ def uninstall(model: Any) -> int:
     """Undo `install`; returns how many layers it undid."""
     count = 0
     for layer in decoder_layers(model):
-        if not getattr(layer.__dict__.get("forward"), "__lean_activations__", False):
+        if not _installed(layer):
             continue
         del layer.forward
         for module in layer.modules():

@@ -114,6 +114,11 @@ def test_recomputed_activations_and_partial_checkpointing_are_bitwise_the_plain_
         assert grads.keys() == ref_grads.keys()
         assert all(torch.equal(grads[name], ref_grads[name]) for name in grads)
         assert [layer.gradient_checkpointing for layer in lean_activations.decoder_layers(model)] == flags
+    import copy
+
+    twin = copy.deepcopy(model)  # a copy's layers run their own forward, not the original's
+    assert all(layer.forward.__self__ is layer for layer in lean_activations.decoder_layers(twin))
+    assert lean_activations.install(model) == 2  # idempotent
     assert lean_activations.uninstall(model) == 2 and lean_activations.uninstall(model) == 0
     assert not any("forward" in m.__dict__ or "_lean_hook" in m.__dict__ for m in model.modules())
 
