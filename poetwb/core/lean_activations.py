@@ -19,6 +19,7 @@ layer again anyway.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import inspect
 import textwrap
@@ -147,9 +148,13 @@ def _gated_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _source(fn: Any) -> str:
+    """The statements of a function's body (their syntax tree: formatting, comments and the signature aside)."""
     try:
-        return textwrap.dedent(inspect.getsource(fn)).split(":", 1)[1].strip()
-    except (OSError, TypeError, IndexError):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        function = tree.body[0]
+        return ast.dump(ast.Module(body=function.body, type_ignores=[])) if isinstance(
+            function, ast.FunctionDef) else ""
+    except (OSError, TypeError, SyntaxError, IndexError):
         return ""
 
 
@@ -160,7 +165,8 @@ def _llama_mlp_source() -> str:
 
 
 def _is_gated_mlp(module: nn.Module, reference: str) -> bool:
-    """A module whose forward is, word for word, Llama's gated MLP (Llama, Mistral, Qwen2 and the many copies)."""
+    """A module whose forward is, statement for statement, Llama's gated MLP (Llama, Mistral, Qwen2, Qwen3, Gemma,
+    OLMo 2 and the other copies)."""
     return (all(isinstance(getattr(module, n, None), nn.Module) for n in ("gate_proj", "up_proj", "down_proj",
                                                                           "act_fn"))
             and bool(reference) and _source(type(module).forward) == reference)

@@ -270,3 +270,29 @@ def test_the_recipes_refuse_what_they_cannot_vouch_for():
     other = torch.randn(4, 3)
     registry.entries[other.untyped_storage().data_ptr()] = registry.entries.pop(gone)  # ... as if this one
     assert registry.pack(other) is other
+
+
+
+def test_the_gated_mlp_is_recognised_by_its_statements_not_its_name():
+    import torch
+    from torch import nn
+
+    class CopiedMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(3, 2)
+            self.act_fn = nn.SiLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # a copy of Llama's MLP with another signature and a comment
+            down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            return down_proj
+
+    class OtherMLP(CopiedMLP):
+        def forward(self, x):
+            down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) + self.up_proj(x))
+            return down_proj
+
+    reference = lean_activations._llama_mlp_source()
+    assert lean_activations._is_gated_mlp(CopiedMLP(), reference)
+    assert not lean_activations._is_gated_mlp(OtherMLP(), reference)  # same parts, another formula: left alone
