@@ -296,3 +296,42 @@ def test_the_gated_mlp_is_recognised_by_its_statements_not_its_name():
     reference = lean_activations._llama_mlp_source()
     assert lean_activations._is_gated_mlp(CopiedMLP(), reference)
     assert not lean_activations._is_gated_mlp(OtherMLP(), reference)  # same parts, another formula: left alone
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_recomputed_activations_under_autocast_are_bitwise_the_plain_path(tiny_models, kind):
+    """Under bf16 autocast (the job trains in it where bf16 is native) the numbers are the plain path's too."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    results = []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models[kind]),
+                               LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.2, init_lora_weights=False))
+        lean_dropout.install(model)
+        if lean:
+            lean_activations.install(model)
+        model.train()
+        ids = torch.randint(5, 60, (2, 17))
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert torch.equal(loss, ref_loss) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
+
+
+def test_a_recipe_runs_again_under_the_autocast_it_first_ran_in():
+    import torch
+
+    registry = lean_activations._Registry()
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.mm(a, b)  # bf16 under autocast; the backward pass runs outside it
+        registry.add(out, torch.mm, (a, b))
+    assert out.dtype == torch.bfloat16
+    again = registry.unpack(registry.pack(out))
+    assert again.dtype == torch.bfloat16 and torch.equal(again, out)
