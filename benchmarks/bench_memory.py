@@ -3,13 +3,14 @@
 Each leg is a child process that runs the `poet` preset's stage 1 (bundled model, Shakespeare's sonnets, LoRA r16
 on all 210 linear layers, batch 4 x 256 unless --batch says otherwise) for a few steps through the real job
 (run_job: the Trainer, its evaluations at the start and the end, the adapter save), with gradient checkpointing
-off, on, and "auto". It prints, per leg: the process's peak resident memory (ru_maxrss: everything, imports and
-weights included), how far it rose above what was resident when the trainer started (the training's own memory),
-seconds per training step and the validation losses, which must be equal across legs (same math). Peak memory does
-not depend on other processes; the seconds do (the legs run one after the other, so a busy machine skews them).
-Prints figures; asserts nothing.
+off, on, and "auto" (which checkpoints some of the layers), and "plain": off without recomputing the cheap
+activations (core/lean_activations.py), i.e. the job as it was before that. It prints, per leg: the process's peak
+resident memory (ru_maxrss: everything, imports and weights included), how far it rose above what was resident when
+the trainer started (the training's own memory), seconds per training step and the validation losses, which must
+be equal across legs (same math). Peak memory does not depend on other processes; the seconds do (the legs run one
+after the other, so a busy machine skews them). Prints figures; asserts nothing.
 
-Run: HF_HUB_OFFLINE=1 python benchmarks/bench_memory.py [--steps 4] [--batch 4] [--legs off,on,auto]
+Run: HF_HUB_OFFLINE=1 python benchmarks/bench_memory.py [--steps 4] [--batch 4] [--legs plain,off,auto,on]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_sweep import cpu_header
 
-SETTINGS = {"off": False, "on": True, "auto": "auto"}
+SETTINGS = {"off": False, "on": True, "auto": "auto", "plain": False}
 
 
 def rss_mb() -> float:
@@ -37,9 +38,12 @@ def rss_mb() -> float:
 
 def child(setting: str, steps: int, batch: int | None) -> None:
     """One leg, in this (fresh) process: prints one JSON line."""
-    from poetwb.core import runs
+    from poetwb.core import lean_activations, runs
     from poetwb.core.config import build_train_config
     from poetwb.core.train_job import run_job
+
+    if setting == "plain":  # every activation kept, as before lean_activations
+        lean_activations.install = lambda model: 0
 
     stage1: dict = {"max_steps": steps}
     if batch:
@@ -73,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=0, help="stage-1 batch size (default: the preset's)")
-    parser.add_argument("--legs", default="off,on,auto")
+    parser.add_argument("--legs", default="plain,off,auto,on")
     parser.add_argument("--child", choices=sorted(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -103,12 +107,13 @@ def main() -> None:
             rise = f"+{row['peak_mb'] - row['start_mb']:.0f} MB in training" if row["start_mb"] else ""
             step = f"{row['s_per_step']:.1f} s/step" if row["s_per_step"] else ""
             losses = " ".join(f"{k} {v:.4f}" for k, v in row["eval_loss"].items())
-            print(f"  gradient_checkpointing {leg:4}  peak RSS {row['peak_mb']:6.0f} MB ({rise})  {step:11}  "
+            print(f"  gradient_checkpointing {leg:5}  peak RSS {row['peak_mb']:6.0f} MB ({rise})  {step:11}  "
                   f"{losses}  [{row['decision']}]", flush=True)
     timed = {r["setting"]: r["s_per_step"] for r in rows if r["s_per_step"]}
-    if "on" in timed and "off" in timed:
-        print(f"  checkpointing on / off, time per step: {timed['on'] / timed['off']:.2f}x "
-              "(legs run one after the other: noisy on a busy machine)")
+    for leg in ("off", "auto", "on"):
+        if leg in timed and "plain" in timed:
+            print(f"  {leg} / plain, time per step: {timed[leg] / timed['plain']:.2f}x "
+                  "(legs run one after the other: noisy on a busy machine)")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def profile_step(base_path: Path, cfg: TrainConfig, packed: Any, batch: int = 8,
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
-    from poetwb.core import lean_dropout, lean_loss
+    from poetwb.core import lean_activations, lean_dropout, lean_loss
     from poetwb.core.hf import new_lora
     from poetwb.core.train_job import target_modules, use_bf16
 
@@ -187,6 +187,7 @@ def profile_step(base_path: Path, cfg: TrainConfig, packed: Any, batch: int = 8,
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=weights)
     model = new_lora(base, cfg.lora, target_modules(cfg, base.config.model_type))
     lean_dropout.install(model)  # as make_trainer does for poetwb's path
+    lean_activations.install(model)
     model.train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     backbone, head = lean_loss.parts(model) or (None, None)

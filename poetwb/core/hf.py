@@ -35,23 +35,25 @@ def new_lora(base: Any, lora: LoraSettings, targets: list[str] | str) -> Any:
 
 
 def make_trainer(model: Any, tokenizer: Any, args: Any, train_ds: Any, eval_ds: Any = None,
-                 callbacks: list[Any] | None = None, lean_loss: bool = True, checkpointing: bool = False) -> Any:
+                 callbacks: list[Any] | None = None, lean_loss: bool = True, checkpointing: bool | int = False) -> Any:
     """A transformers Trainer that pads batches dynamically (labels padded with -100) and prints nothing itself:
     progress goes through our callbacks (metrics.jsonl, status.json, the CLI's bar). lean_loss: the training and
     evaluation loss through the output head in chunks (core.lean_loss), without the whole batch's logits in memory,
-    and LoRA dropout fused into lora_A (core.lean_dropout); both keep the numbers of the plain path. checkpointing:
-    recompute each decoder layer in the backward pass (core.train_memory)."""
+    LoRA dropout fused into lora_A (core.lean_dropout) and the cheap element-wise activations recomputed in the
+    backward pass (core.lean_activations); all keep the numbers of the plain path. checkpointing: recompute every
+    decoder layer (True) or the first that many (a number) in the backward pass (core.train_memory)."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
     from poetwb.core import lean_loss as lean
     from poetwb.core import train_memory
 
     if lean_loss:
-        from poetwb.core import lean_dropout
+        from poetwb.core import lean_activations, lean_dropout
 
         lean_dropout.install(model)
-    if checkpointing:
-        train_memory.enable_checkpointing(model)
+        lean_activations.install(model)
+    if checkpointing:  # True: every decoder layer; a number: the first that many
+        train_memory.enable_checkpointing(model, None if checkpointing is True else int(checkpointing))
     else:  # a base model reused from an earlier stage that checkpointed
         train_memory.disable_checkpointing(model)
 

@@ -271,17 +271,20 @@ class Job:
         return round(time.monotonic() - self.started, 2)
 
 
-def stage_checkpointing(config: TrainConfig, s: StageConfig, model: Any) -> bool:
-    """The run's gradient_checkpointing setting decided for one stage (core.train_memory), said in log.txt."""
+def stage_checkpointing(config: TrainConfig, s: StageConfig, model: Any) -> int:
+    """The run's gradient_checkpointing setting decided for one stage (core.train_memory): how many decoder layers
+    to checkpoint (0: none), said in log.txt."""
     import torch
 
     from poetwb.core import train_memory
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    on, why = train_memory.decide(config.gradient_checkpointing, causal.config, s.batch_size, s.seq_len, device)
+    weights = sum(p.numel() * p.element_size() for p in causal.parameters())
+    layers, why = train_memory.decide(config.gradient_checkpointing, causal.config, s.batch_size, s.seq_len, device,
+                                      weights=weights)
     log.info("%s", why)
-    return on
+    return layers
 
 
 def use_bf16(precision: str) -> bool:

@@ -1,12 +1,15 @@
 """How much memory a training stage keeps, and the one switch that trades time for it.
 
 A LoRA step keeps, for its backward pass, the activations of every decoder layer: for SmolLM2-135M at batch 4 x 256
-in fp32 that is ~1.35 GB (after lean_dropout; README "Training memory"), more than the model's weights. Gradient
-checkpointing keeps only each layer's input and recomputes the layer in the backward pass: the same loss and
-gradients (torch restores the random state, so LoRA dropout draws the same masks), a fraction of the memory, and
-about one more forward pass of time. The run's `gradient_checkpointing` setting says true, false or "auto"; auto
-turns it on when the stage's estimated activations would take more than a quarter of the memory available when
-the stage starts, so a machine with room to spare keeps the faster step and a tight one does not run out.
+in fp32 that is ~0.9 GB even after lean_dropout and lean_activations (README "Training memory"), more than the
+model's weights. Gradient checkpointing keeps only a layer's input and recomputes the layer in the backward pass:
+the same loss and gradients (torch restores the random state, so LoRA dropout draws the same masks), a fraction of
+that layer's memory, and one more forward pass of that layer in time. It can be had for every layer or for some:
+the cost and the saving are both per layer. The run's `gradient_checkpointing` setting says true (every layer),
+false (none) or "auto": as few layers as keep the stage's estimated activations within a budget, the smaller of
+the model's weights' size and a quarter of the memory available when the stage starts. So training takes about
+twice the weights plus the libraries whatever the batch, and a small model on a big machine pays for only a part
+of the layers; a model whose weights outweigh its activations checkpoints nothing.
 """
 
 from __future__ import annotations
@@ -20,18 +23,41 @@ from typing import Any
 log = logging.getLogger("poetwb.train")
 
 AUTO_SHARE = 0.25
-"""auto: checkpoint when the estimated activations exceed this share of the memory available at the stage's start."""
+"""auto: the activations may take at most this share of the memory available at the stage's start ..."""
+AUTO_WEIGHTS = 1.0
+"""... and at most this multiple of the model's weights' size (in memory)."""
+
+
+def num_layers(model_config: Any) -> int:
+    return int(getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", 0) or 0)
+
+
+def layer_bytes(model_config: Any, batch: int, seq_len: int, bytes_per_value: int = 4) -> tuple[int, int]:
+    """Estimated activations one decoder layer keeps for the backward pass (with lean_dropout and
+    lean_activations), and what it keeps when checkpointed (its input): per token ~8 values per hidden unit
+    (attention's q/k/v/output, the residuals, the LoRA dropout masks at a byte each) and ~2 per MLP unit (gate and
+    up). Measured on SmolLM2-135M (LoRA on all linears, batch 4 x 256, fp32): ~29 MB kept per layer, this
+    estimate 31 MB."""
+    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", 0) or 0
+    inner = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) or 4 * hidden
+    tokens = batch * seq_len * bytes_per_value
+    return int(tokens * (8 * hidden + 2 * inner)), int(tokens * hidden)
 
 
 def activation_bytes(model_config: Any, batch: int, seq_len: int, bytes_per_value: int = 4) -> int:
-    """Estimated activations a stage keeps for the backward pass without checkpointing: per token and decoder layer
-    ~10 values per hidden unit (norms, attention's q/k/v/out, residuals, LoRA inputs) and ~4 per MLP unit (gate,
-    up, activation, product). Measured on SmolLM2-135M (LoRA on all linears, batch 4 x 256, fp32): ~1,350 MiB kept
-    (with lean_dropout), this estimate 1,395 MiB."""
-    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", 0) or 0
-    inner = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) or 4 * hidden
-    layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", 0) or 0
-    return int(batch * seq_len * layers * (10 * hidden + 4 * inner) * bytes_per_value)
+    """Estimated activations a stage keeps for the backward pass without checkpointing (all layers)."""
+    return num_layers(model_config) * layer_bytes(model_config, batch, seq_len, bytes_per_value)[0]
+
+
+def layers_to_checkpoint(model_config: Any, batch: int, seq_len: int, budget: float) -> int:
+    """The fewest decoder layers to checkpoint so that the estimated activations fit in budget (bytes); all
+    layers when even that does not fit."""
+    layers = num_layers(model_config)
+    kept, checkpointed = layer_bytes(model_config, batch, seq_len)
+    for n in range(layers + 1):
+        if (layers - n) * kept + n * checkpointed <= budget:
+            return n
+    return layers
 
 
 def available_bytes(device: str = "cpu") -> int | None:
@@ -54,29 +80,50 @@ def available_bytes(device: str = "cpu") -> int | None:
 
 
 def decide(setting: str | bool, model_config: Any, batch: int, seq_len: int, device: str = "cpu",
-           available: int | None = None) -> tuple[bool, str]:
-    """Whether to checkpoint a stage, and why in words (for log.txt)."""
+           available: int | None = None, weights: int | None = None) -> tuple[int, str]:
+    """How many decoder layers to checkpoint in a stage (0: none; all of them for true), and why in words (for
+    log.txt). weights: the model's parameters' bytes in memory (auto's budget); available: free memory in bytes
+    (read from the system when not given)."""
+    layers = num_layers(model_config)
     if isinstance(setting, bool):
-        return setting, f"gradient checkpointing {'on' if setting else 'off'} (set in the config)"
-    estimate = activation_bytes(model_config, batch, seq_len)
+        return (layers if setting else 0), (f"gradient checkpointing {'on' if setting else 'off'} "
+                                            "(set in the config)")
+    kept, checkpointed = layer_bytes(model_config, batch, seq_len)
+    estimate = layers * kept
     free = available if available is not None else available_bytes(device)
-    if free is None:
-        return False, (f"gradient checkpointing off (auto: ~{estimate / 2**30:.1f} GB of activations, "
-                       "free memory unknown)")
-    on = estimate > AUTO_SHARE * free
-    return on, (f"gradient checkpointing {'on' if on else 'off'} (auto: ~{estimate / 2**30:.1f} GB of activations "
-                f"{'>' if on else '<='} {AUTO_SHARE:.0%} of {free / 2**30:.1f} GB available)")
+    limits = []
+    if weights:
+        limits.append((AUTO_WEIGHTS * weights, f"the weights' {weights / 2**30:.2f} GB"))
+    if free is not None:
+        limits.append((AUTO_SHARE * free, f"{AUTO_SHARE:.0%} of {free / 2**30:.1f} GB available"))
+    if not limits:
+        return 0, (f"gradient checkpointing off (auto: ~{estimate / 2**30:.2f} GB of activations, "
+                   "free memory unknown)")
+    budget, why = min(limits)
+    n = layers_to_checkpoint(model_config, batch, seq_len, budget)
+    said = f"~{estimate / 2**30:.2f} GB of activations {'>' if n else '<='} budget {budget / 2**30:.2f} GB ({why})"
+    if n == 0:
+        return 0, f"gradient checkpointing off (auto: {said})"
+    after = (layers - n) * kept + n * checkpointed
+    which = "on" if n == layers else f"on {n} of {layers} decoder layers"
+    return n, f"gradient checkpointing {which} (auto: {said}; ~{after / 2**30:.2f} GB with it)"
 
 
-def enable_checkpointing(model: Any) -> None:
-    """Checkpoint every decoder layer of a (peft-wrapped) transformers model, non-reentrant (torch's recommended
-    variant: works with inputs that need no gradient, which a frozen embedding gives, and restores the random state
-    so dropout draws the same masks twice). Caching key/values is pointless while training and transformers refuses
-    it with checkpointing, so it goes off."""
+def enable_checkpointing(model: Any, layers: int | None = None) -> None:
+    """Checkpoint the first `layers` decoder layers (all when None) of a (peft-wrapped) transformers model,
+    non-reentrant (torch's recommended variant: works with inputs that need no gradient, which a frozen embedding
+    gives, and restores the random state so dropout draws the same masks twice). The first ones because their
+    recomputation comes last in the backward pass, when the later layers' activations are already freed. Caching
+    key/values is pointless while training and transformers refuses it with checkpointing, so it goes off."""
+    from poetwb.core.lean_activations import decoder_layers
+
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     causal.config.use_cache = False
     enable = getattr(causal, "activation_checkpointing_enable", None) or causal.gradient_checkpointing_enable
     enable({"use_reentrant": False})
+    if layers is not None:
+        for i, layer in enumerate(decoder_layers(causal)):
+            layer.gradient_checkpointing = i < layers
 
 
 def disable_checkpointing(model: Any) -> None:
