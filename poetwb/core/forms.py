@@ -147,7 +147,7 @@ def make_form(name: str = "free", scheme: str | None = None, syllables: str | in
     if scheme:
         return _from_scheme("custom", scheme, syllables)
     if name == "custom":
-        raise PoetError("a custom form needs a rhyme scheme, e.g. --scheme 'ABAB CDCD' --syllables 10")
+        raise PoetError("a custom form needs a rhyme scheme such as ABAB CDCD (letters, a space between stanzas)")
     if name == "free":
         if syllables not in (None, ""):
             raise PoetError("free verse has no syllable count; pick a form (e.g. --form quatrains) or a --scheme")

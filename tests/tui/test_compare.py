@@ -88,9 +88,14 @@ async def test_a_form_writes_every_line_and_is_saved_with_the_poem(tiny_models, 
         form.value = "custom"
         await pilot.pause()
         app.query_one("#scheme", Input).value = "AB1"
+        app.query_one("#syllables", Input).value = "6"
         await pilot.click("#generate")
         await pilot.pause()
         assert any("letters A-Z" in m for m in notes(app))
+        form.value = "limerick"  # the custom form's scheme and syllables do not carry over
+        await pilot.pause()
+        assert app.query_one("#syllables", Input).value == "" == app.query_one("#scheme", Input).value
+        assert app.query_one("#compare-pane").form().describe().endswith("8-9,8-9,5-6,5-6,8-9 syllables")
     (saved,) = Library().search()
     assert saved.form.startswith("limerick: 5 lines, AABBA") and saved.adapter == ""
 

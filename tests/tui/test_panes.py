@@ -349,7 +349,7 @@ async def test_poems_show_their_run_and_sampling_in_words_and_export_with_enter_
             await pilot.pause()
             view = str(app.query_one("#poem-view", Static).render())
             assert "adapter: run sonnets-1 · stage 2" in view and str(tmp_path) not in view
-            assert "sampling: temperature 0.7 · top-p 0.95 · top-k 50" in view
+            assert "sampling: temperature 0.7 · top-p 0.95 · top-k 50" in view and "form: free verse" in view
             box = app.query_one("#export-dir", Input)
             box.value = str(tmp_path / "by-enter")
             box.focus()

@@ -89,8 +89,8 @@ def footer(stats: Any, form: bool, engine: str = "") -> str:
     by = f" · {engine}" if engine else ""
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
-    if form and stats.reason in {"form complete", "context full"}:  # short enough for a column: no wrapping
-        return (f"{stats.reason} · {stats.seconds:.1f} s · {stats.new_tokens} candidate tokens, "
+    if form:  # columns write their lines in turn: the seconds are this column's own, not the wait
+        return (f"{stats.reason} · own {stats.seconds:.1f} s · {stats.new_tokens} candidate tokens, "
                 f"{stats.tokens_per_s:.1f}/s{by}")
     return f"{stats.reason} · {speed}{by}"
 
@@ -219,8 +219,11 @@ class ComparePane(WorkerErrors, Vertical):
 
     @on(Select.Changed, "#form")
     def form_changed(self, event: Select.Changed) -> None:
-        self.query_one("#scheme", Input).disabled = event.value != "custom"
-        self.query_one("#syllables", Input).disabled = event.value == "free"
+        # another form starts from its own scheme and syllables: a value typed for the last one would carry over
+        for name, disabled in (("#scheme", event.value != "custom"), ("#syllables", event.value == "free")):
+            field = self.query_one(name, Input)
+            field.value = ""
+            field.disabled = disabled
 
     def sampling(self) -> Any:
         from poetwb.core.config import SamplingConfig

@@ -97,7 +97,8 @@ class PoemsPane(Vertical):
 
         poem = next((p for p in self.shown if str(p.id) == str(event.row_key.value)), None)
         if poem:
-            meta = (f"prompt: {poem.prompt}\nmodel: {poem.model}\nadapter: {adapter_label(poem.adapter)}\n"
+            meta = (f"prompt: {poem.prompt} ({poem.mode})\nmodel: {poem.model}\n"
+                    f"adapter: {adapter_label(poem.adapter)}\nform: {poem.form or 'free verse'}\n"
                     f"sampling: {describe_sampling(poem.sampling) or '—'}\nsaved: {poem.created.replace('T', ' ')}"
                     "\n\n")
             self.query_one("#poem-view", Static).update(Text(meta, style="dim") + Text(poem.text))
