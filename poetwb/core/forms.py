@@ -662,7 +662,9 @@ def interleave(writers: list[Iterator[PoemLine]], form_stats: list[FormStats], s
         while live:
             for c in list(live):
                 line = step(c, writers[c])
-                stats[c].new_tokens, stats[c].seconds = form_stats[c].new_tokens, form_stats[c].seconds
+                own = form_stats[c]
+                stats[c].new_tokens, stats[c].seconds = own.new_tokens, own.seconds
+                stats[c].rhymes = (own.rhymes_held, own.rhymes_required)
                 if line is None:
                     live.remove(c)
                     stats[c].reason = ("cancelled" if cancel is not None and cancel.is_set() else

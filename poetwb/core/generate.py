@@ -56,15 +56,21 @@ class RowStats:
     seconds: float = 0.0
     """Decode time until this row ended (model loading not included)."""
     reason: str = "running"
-    """end of text | max tokens | context full (llama.cpp) | cancelled | form complete | running."""
+    """end of text | max tokens | context full | cancelled | form complete | running."""
+    rhymes: tuple[int, int] | None = None
+    """A form poem: (rhyme pairs that held, rhyme pairs the form required) among its written lines, by the
+    generator's own check; None for free verse."""
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 6),
-                "tokens_per_s": round(self.tokens_per_s, 2), "stop_reason": self.reason}
+        out = {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 6),
+               "tokens_per_s": round(self.tokens_per_s, 2), "stop_reason": self.reason}
+        if self.rhymes is not None:
+            out["rhymes_held"], out["rhymes_required"] = self.rhymes
+        return out
 
 
 def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig) -> dict[str, Any]:

@@ -168,6 +168,7 @@ def test_a_form_poem_takes_the_engine_auto_finds_and_the_json_says_so(tiny_llama
     assert (slow["engine"], fast["engine"]) == ("torch", "llama.cpp")
     assert fast["form"] == slow["form"] == "couplets: 2 lines, AA, 10 syllables"
     assert fast["text"].count("\n") == 2 and fast["stop_reason"] == "form complete"
+    assert fast["rhymes_required"] == slow["rhymes_required"] == 1 and fast["rhymes_held"] in (0, 1)
 
 
 def test_a_poem_stops_at_the_end_of_the_models_context_instead_of_aborting(tiny_gpt2):

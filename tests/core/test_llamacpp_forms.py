@@ -116,6 +116,7 @@ def test_greedy_form_poems_agree_with_the_torch_engine(kind, tiny_models, make_r
     assert fast[0] != fast[1], "the adapter changed nothing"
     assert all(text.count("\n") == 4 for text in fast)  # the prompt is line 1: three lines follow, then the end
     assert [s.reason for s in stats] == ["form complete"] * 2 and all(s.new_tokens > 0 for s in stats)
+    assert all(s.rhymes is not None and s.rhymes[1] == 2 for s in stats)  # lines 2 and 4 must rhyme
 
 
 def test_sampled_form_poems_are_complete_reproducible_and_independent_per_column(tiny_llama, make_run):

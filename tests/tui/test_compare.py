@@ -230,7 +230,8 @@ async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_mo
         await settle(pilot)
         for col in columns(app):
             foot = str(col.query_one(".column-foot", Label).render())
-            assert foot.startswith("form complete") and foot.endswith("· llama.cpp"), foot
+            assert foot.startswith("form complete · rhymes ") and foot.endswith("· llama.cpp"), foot
+            assert "/4 · own " in foot  # four couplets: four rhymes required
             assert len([line for line in col.text.splitlines() if line.strip()]) == 8  # 4 couplets, the prompt first
 
 

@@ -90,7 +90,8 @@ def footer(stats: Any, form: bool, engine: str = "") -> str:
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
     if form:  # columns write their lines in turn: the seconds are this column's own, not the wait
-        return (f"{stats.reason} · own {stats.seconds:.1f} s · {stats.new_tokens} candidate tokens, "
+        held = f" · rhymes {stats.rhymes[0]}/{stats.rhymes[1]}" if stats.rhymes and stats.rhymes[1] else ""
+        return (f"{stats.reason}{held} · own {stats.seconds:.1f} s · {stats.new_tokens} tokens, "
                 f"{stats.tokens_per_s:.1f}/s{by}")
     return f"{stats.reason} · {speed}{by}"
 
