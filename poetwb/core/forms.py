@@ -380,11 +380,17 @@ class TokenClasses:
     """Banned once a line has its syllables, between words: all but punctuation and the newline."""
     full_in_word: Any = field(repr=False, default=None)
     """As `full`, in the middle of a word: its letters may still follow."""
+    short_punct: Any = field(repr=False, default=None)
+    """Banned after a run of punctuation while the line is short: the newline and more punctuation."""
+    full_punct: Any = field(repr=False, default=None)
+    """Banned after a run of punctuation once the line is full: all but the newline."""
 
     def __post_init__(self) -> None:
         self.never = self.special | self.blocked | self.spaces
         self.full = ~(self.newline | self.quiet)
         self.full_in_word = self.full & ~self.letters_first
+        self.short_punct = self.newline | self.quiet
+        self.full_punct = ~self.newline
 
 
 def classes_from_texts(texts: list[str], special: set[int]) -> TokenClasses:
@@ -422,19 +428,26 @@ def classes_from_texts(texts: list[str], special: set[int]) -> TokenClasses:
     return TokenClasses(newline_ids=newline_ids, words=words, texts=texts, **masks)
 
 
+_PUNCT_RUN = re.compile(r"[^\w\s'](?:\s*[^\w\s']){2,}\s*$")
+"""The line ends in three or more punctuation marks (spaces between them aside)."""
+
+
 def banned_next(classes: TokenClasses, text: str, target: tuple[int, int]) -> Any:
     """The syllable rule for a line's next token, given the line so far: the tokens it bans besides
     `classes.never` (a mask), or None. No newline until the line is at most one syllable short of its minimum (the
     score weighs the shortfall); once it has its maximum, only punctuation, the newline or the rest of the word
-    being spelled."""
+    being spelled; after three punctuation marks in a row, no more of them (and, once full, only the newline)."""
     lo, hi = target
     s_lo, s_hi = syllable_range(text)
+    run = bool(_PUNCT_RUN.search(text))  # ";)..;;;;" grows one token at a time: three marks are enough
     if s_lo >= hi:
+        if run:
+            return classes.full_punct
         in_word = bool(text) and (text[-1].isalpha() or text[-1] == "'")
         return classes.full_in_word if in_word else classes.full
     if s_hi < lo - 1 or not line_words(text):
-        return classes.newline
-    return None
+        return classes.short_punct if run else classes.newline
+    return classes.quiet if run else None
 
 
 def max_line_tokens(spec: LineSpec) -> int:

@@ -70,6 +70,20 @@ def test_the_rhyme_pool_holds_words_poets_use_not_word_pieces():
     assert forms.rhymes_in("red", classes.words) == ["bed", "head"]
 
 
+def test_the_syllable_rule_stops_runs_of_punctuation():
+    texts = ["<s>", " the", " sea", ";", "...", "\n", "ing", ","]
+    classes = forms.classes_from_texts(texts, {0})
+    allowed = lambda text, target: [t for i, t in enumerate(texts)  # noqa: E731
+                                    if not classes.never[i] and not forms.banned_next(classes, text, target)[i]]
+    assert allowed("the sea", (6, 6)) == [" the", " sea", ";", "...", "ing", ","]  # short: no newline yet
+    assert allowed("the sea;...", (6, 6)) == [" the", " sea", "ing"]  # a run of marks: words must follow
+    assert allowed("the sea the sea the sea", (6, 6)) == [";", "...", "\n", "ing", ","]  # full: end the word, line
+    assert allowed("the sea the sea the sea,", (6, 6)) == [";", "...", "\n", ","]
+    assert allowed("the sea the sea the sea ;...", (6, 6)) == ["\n"]
+    assert forms.banned_next(classes, "the sea the sea the", (6, 6)) is None  # one short of six: anything goes
+    assert allowed("the sea the sea the;...", (6, 6)) == [" the", " sea", "\n", "ing"]
+
+
 def test_the_score_puts_rhyme_then_syllables_then_the_model():
     spec = forms.LineSpec("A", (10, 10))
 
