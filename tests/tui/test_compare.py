@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from textual.widgets import Input, Label, Select, SelectionList, Switch
 
@@ -133,6 +135,8 @@ async def test_blind_votes_keep_texts_under_their_titles_and_draw_fresh_seeds(ti
     tally = votes.tally("done")
     assert tally.votes == 3 and tally.ties == 1 and tally.tuned + tally.base == 2
     assert sorted(r[0] for r in votes.db.execute("SELECT seed FROM votes")) == sorted(seeds)
+    settings = [json.loads(r[0]) for r in votes.db.execute("SELECT settings FROM votes")]
+    assert all(s["form"] == "free" and s["mode"] == "raw" and s["engine"] for s in settings)  # what was judged
     votes.close()
 
 

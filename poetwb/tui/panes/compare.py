@@ -148,7 +148,8 @@ class ComparePane(WorkerErrors, Vertical):
         with Horizontal(classes="row", id="form-row"):
             yield Select([(name, name) for name in forms.FORM_NAMES], value="free", allow_blank=False, id="form")
             yield Input(placeholder="scheme, e.g. ABAB CDCD", id="scheme", disabled=True)
-            yield Input(placeholder="syllables: 10, 8-9 or 8,8,5,5,8", id="syllables", disabled=True)
+            yield Input(placeholder="syllables: 10 or 8-9 …", id="syllables", disabled=True,
+                        tooltip="syllables per line: one number (10), a range (8-9) or one per line (8,8,5,5,8)")
             yield Slider("candidates per line", 1, 16, 1, forms.DEFAULT_CANDIDATES, integer=True, id="candidates")
             yield Select([("engine: auto", "auto"), ("engine: torch", "torch"), ("engine: llama.cpp", "llamacpp")],
                          value="auto", allow_blank=False, id="engine",
@@ -431,8 +432,10 @@ class ComparePane(WorkerErrors, Vertical):
         tuned_side = "A" if a == challenger else "B"
         votes = Votes()
         try:
-            votes.add(run_id, self.last["prompt"], self.shown(a), self.shown(b), tuned_side, choice,
-                      self.last["sampling"], seed=self.last["seed"])
+            # the settings say under what the pair was written: sampling and engine, the form, raw or instruction
+            settings = {**self.last["sampling"], "form": self.last["form"] or "free", "mode": self.last["mode"]}
+            votes.add(run_id, self.last["prompt"], self.shown(a), self.shown(b), tuned_side, choice, settings,
+                      seed=self.last["seed"])
             tally = votes.tally(run_id)
         finally:
             votes.close()
