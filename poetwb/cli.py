@@ -170,13 +170,12 @@ def _runner(asked: str, engine: str, model: str | None, adapters: list[Any], **l
     from poetwb.core import llamacpp, models
 
     if engine == "llamacpp":
-        try:
-            if load.get("trust_remote_code"):  # a model that needs its own Python code is one llama.cpp cannot run
-                raise PoetError("--trust-remote-code models run on torch only; drop --engine llamacpp")
-            return llamacpp.Engine.for_run(model or "bundled", adapters, note=_eprint)
-        except PoetError:
-            if asked == "llamacpp":
-                raise
+        remote = load.get("trust_remote_code")  # a model that needs its own Python code is one llama.cpp cannot run
+        if remote and asked == "llamacpp":
+            raise PoetError("--trust-remote-code models run on torch only; drop --engine llamacpp")
+        fast = None if remote else llamacpp.engine_for(asked, model or "bundled", adapters, note=_eprint)
+        if fast is not None:
+            return fast
     _convert_bundled_with_progress(model or "bundled")
     return models.load(model, adapters=adapters, **load)
 

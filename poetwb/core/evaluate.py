@@ -161,13 +161,8 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
     loaded = LoadedModel(model, tokenizer, runs.read_config(folder).model, folder, runs.adapter_dir(
         folder, int(names[-1][-1])))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
-    fast = None
-    if llamacpp.choose(engine, form) == "llamacpp":
-        try:
-            fast = llamacpp.Engine.for_run(loaded.model_id, [loaded.adapter])
-        except PoetError:
-            if engine == "llamacpp":
-                raise
+    fast = (llamacpp.engine_for(engine, loaded.model_id, [loaded.adapter])
+            if llamacpp.choose(engine, form) == "llamacpp" else None)
     outputs: dict[str, list[str]] = {"base": [], "tuned": []}
     seconds: dict[str, float] = {"base": 0.0, "tuned": 0.0}
     for i, p in enumerate(prompts):

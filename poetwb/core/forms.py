@@ -483,9 +483,6 @@ class LineModel(Protocol):
     def context_size(self) -> int:
         """The positions the model was trained on (a very large number where it does not say)."""
 
-    def room(self) -> int:
-        """How many more tokens fit in the model's context (positions it was trained on) after the poem so far."""
-
     def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
         """k candidate lines after the poem, sampled together, each under the syllable rule (`banned_next` and
         `classes.never`), each ending at its first newline or at `max_line_tokens(spec)`; a candidate's `row` says
@@ -589,6 +586,14 @@ def prompt_lines(prompt: str) -> list[str]:
     return [line.rstrip() for line in prompt.strip("\n").splitlines() if line.strip()]
 
 
+def candidates_per_line(candidates: int, sampling: SamplingConfig) -> int:
+    """How many candidate lines each line samples: `candidates` (checked), or 1 at temperature 0, where every
+    candidate would be the same greedy line."""
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise PoetError(f"candidates per line must be in 1..{MAX_CANDIDATES}, got {candidates}")
+    return 1 if sampling.temperature == 0 else candidates
+
+
 def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig, *,
           candidates: int = DEFAULT_CANDIDATES, prefilled: list[str] | None = None,
           cancel: threading.Event | None = None, stats: FormStats | None = None) -> Iterator[PoemLine]:
@@ -600,23 +605,22 @@ def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig,
     """
     import time
 
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise PoetError(f"candidates per line must be in 1..{MAX_CANDIDATES}, got {candidates}")
+    k = candidates_per_line(candidates, sampling)
     stop = cancel or threading.Event()
     stats = stats if stats is not None else FormStats()
     started = time.perf_counter()
-    k = 1 if sampling.temperature == 0 else candidates
     prefilled = list(prefilled or [])[: len(form.lines)]
     text = prompt_text
     if prefilled:  # the prompt's lines are the poem's first lines: end them as the form does
         text = prompt_text.rstrip("\n")
         text += "\n\n" if form.lines[len(prefilled) - 1].stanza_end else "\n"
     ids = lm.encode(text)
-    if len(prefilled) < len(form.lines) and len(ids) + max_line_tokens(form.lines[len(prefilled)]) + 2 > (
-            size := lm.context_size()):
+    size = lm.context_size()
+    if len(prefilled) < len(form.lines) and len(ids) + max_line_tokens(form.lines[len(prefilled)]) + 2 > size:
         raise PoetError(f"the prompt takes {len(ids)} tokens and the model's whole context is {size}: no room for "
                         "a line; shorten it")
     lm.start(ids)
+    length = len(ids)  # the poem's tokens so far
     # seconds count only this poem's own work: the columns of a comparison write their lines in turn
     stats.seconds += time.perf_counter() - started
     partners = form.partners()
@@ -633,7 +637,7 @@ def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig,
             return
         started = time.perf_counter()
         spec = form.lines[i]
-        if lm.room() < max_line_tokens(spec) + 2:
+        if size - length < max_line_tokens(spec) + 2:
             stats.context_full = True
             return
         p = partners[i]
@@ -649,7 +653,9 @@ def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig,
         pool = lm.classes.words if opens_rhyme else None
         scored = [(score_line(c, spec, partner_word, used, pool), c) for c in cands]
         best_score, best = min(scored, key=lambda sc: rank_key(sc[0]))
-        lm.extend(_line_ids(lm, best, spec.stanza_end))
+        line_ids = _line_ids(lm, best, spec.stanza_end)
+        lm.extend(line_ids)
+        length += len(line_ids)
         words = line_words(best.text)
         ends.append(words[-1] if words else "")
         stats.lines += 1

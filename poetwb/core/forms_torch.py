@@ -129,8 +129,9 @@ class TorchLines:
         self.ctx: _Context | None = None
 
     def encode(self, text: str) -> list[int]:
-        bos = getattr(self.tokenizer, "bos_token", None)
-        return self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
+        from poetwb.core.generate import _adds_special
+
+        return self.tokenizer(text, add_special_tokens=_adds_special(self.tokenizer, [text])).input_ids
 
     def encode_plain(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -152,10 +153,6 @@ class TorchLines:
 
     def context_size(self) -> int:
         return _positions(self.model) or 1 << 30
-
-    def room(self) -> int:
-        assert self.ctx is not None
-        return self.context_size() - len(self.ctx.ids)
 
     def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
         """k candidate lines from one batched generate call on the shared context cache."""

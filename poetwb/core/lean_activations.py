@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import inspect
 import textwrap
 import threading
@@ -147,8 +148,10 @@ def _gated_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(product)
 
 
+@functools.lru_cache(maxsize=64)
 def _source(fn: Any) -> str:
-    """The statements of a function's body (their syntax tree: formatting, comments and the signature aside)."""
+    """The statements of a function's body (their syntax tree: formatting, comments and the signature aside); read
+    and parsed once per function, not once per layer."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         function = tree.body[0]

@@ -412,17 +412,18 @@ class Engine:
             n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, plain: bool = False) -> list[int]:
         """Token ids as the torch path's tokenizer gives them: special tokens in the text parsed, a BOS added only
-        when the model asks for one and the text does not already begin with it."""
+        when the model asks for one and the text does not already begin with it; plain: the text as it is, nothing
+        added or parsed (a line break between a form's lines)."""
         data = text.encode()
         bos = self.template.specials.get("bos_token")
-        add = not (bos and text.startswith(bos))
+        add = not plain and not (bos and text.startswith(bos))
         size = len(data) + 8
         ids = (self.lib.llama_token * size)()
-        n = self.lib.llama_tokenize(self.vocab, data, len(data), ids, size, add, True)
+        n = self.lib.llama_tokenize(self.vocab, data, len(data), ids, size, add, not plain)
         if n < 0:
-            raise PoetError("the prompt could not be tokenized by llama.cpp")
+            raise PoetError("the text could not be tokenized by llama.cpp")
         return list(ids[:n])
 
     def _context(self, column: int, adapter: int | None, n_ctx: int, n_seq: int = 1) -> Any:
@@ -558,6 +559,20 @@ class Engine:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the library may be gone first
             self.close()
+
+
+def engine_for(asked: str, spec: str | None, adapter_dirs: list[Path], note: Callable[[str], None] | None = None,
+               on_fallback: Callable[[PoetError], None] | None = None) -> Engine | None:
+    """Engine.for_run under an engine choice: asked for by name (llamacpp), a model or adapter llama.cpp cannot run
+    is an error; under auto it is None (the caller takes the torch path; on_fallback hears why)."""
+    try:
+        return Engine.for_run(spec, adapter_dirs, note)
+    except PoetError as exc:
+        if asked == "llamacpp":
+            raise
+        if on_fallback is not None:
+            on_fallback(exc)
+        return None
 
 
 def columns(engine: Engine, prompt: str, sampling: SamplingConfig, layout: list[int | None], instruct: bool = False,

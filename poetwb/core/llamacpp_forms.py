@@ -130,13 +130,7 @@ class LlamaLines:
         return self.engine.tokenize(text)
 
     def encode_plain(self, text: str) -> list[int]:
-        data = text.encode()
-        size = len(data) + 8
-        ids = (self.lib.llama_token * size)()
-        n = self.lib.llama_tokenize(self.engine.vocab, data, len(data), ids, size, False, False)
-        if n < 0:
-            raise PoetError("llama.cpp could not tokenize a line break")
-        return list(ids[:n])
+        return self.engine.tokenize(text, plain=True)
 
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.pieces[i] for i in ids if not self.classes.special[i]).decode("utf-8", "replace")
@@ -162,9 +156,6 @@ class LlamaLines:
 
     def context_size(self) -> int:
         return self.engine.n_ctx_train
-
-    def room(self) -> int:
-        return self.engine.n_ctx_train - len(self.ids)
 
     def _drop_rows(self) -> None:
         """Back to the poem alone: the candidates' sequences emptied, sequence 0 without the last token's cell."""
@@ -251,11 +242,9 @@ def form_columns(engine: Any, prompt: str, sampling: SamplingConfig, layout: lis
     from poetwb.core.generate import format_prompt
     from poetwb.core.llamacpp import threads
 
-    if not 1 <= candidates <= forms.MAX_CANDIDATES:
-        raise PoetError(f"candidates per line must be in 1..{forms.MAX_CANDIDATES}, got {candidates}")
+    k = forms.candidates_per_line(candidates, sampling)  # the contexts are sized for k sequences
     text = format_prompt(engine.template, prompt, instruct)
     prefilled = None if instruct else forms.prompt_lines(prompt)
-    k = 1 if sampling.temperature == 0 else candidates
     line = max(max_line_tokens(s) for s in form.lines) + 1
     # cells: the poem (each line within its token limit, plus its line break) and k candidate lines
     poem = len(engine.tokenize(text)) + 2 + sum(max_line_tokens(s) + 2 for s in form.lines)

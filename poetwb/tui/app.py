@@ -157,18 +157,12 @@ class PoetApp(App[None]):
         from pathlib import Path
 
         from poetwb.core import llamacpp
-        from poetwb.core.errors import PoetError
 
         def load() -> Any:
             self.say("loading the model for llama.cpp…", timeout=8)
-            try:
-                return llamacpp.Engine.for_run(model, [Path(a) for a in adapters],
-                                               note=lambda text: self.say(text, timeout=10))
-            except PoetError as exc:
-                if asked == "llamacpp":
-                    raise
-                self.say(f"llama.cpp cannot run this model ({exc}); using torch", timeout=8)
-                return None
+            return llamacpp.engine_for(
+                asked, model, [Path(a) for a in adapters], note=lambda text: self.say(text, timeout=10),
+                on_fallback=lambda exc: self.say(f"llama.cpp cannot run this model ({exc}); using torch", timeout=8))
 
         # auto fell back to torch for this model before: asked for by name, llama.cpp is tried again
         return self._kept("llamacpp", (model, adapters), load, retry_none=asked == "llamacpp")

@@ -219,3 +219,15 @@ def test_columns_keep_their_own_text_when_layouts_repeat_or_change(tiny_llama, m
     assert poems([None, None]) == [base, base]
     assert poems([0, None]) == [tuned, base]
     assert poems([0]) == [tuned]
+
+
+def test_auto_falls_back_to_torch_where_llama_cpp_cannot_run_an_adapter_and_says_why(tiny_llama, tmp_path):
+    needs_llama_cpp()
+    odd = tmp_path / "pickled-adapter"  # an adapter without safetensors weights: llama.cpp cannot read it
+    odd.mkdir()
+    heard: list[PoetError] = []
+    assert llamacpp.engine_for("auto", str(tiny_llama), [odd], on_fallback=heard.append) is None
+    assert len(heard) == 1 and "reads only safetensors adapters" in str(heard[0])
+    with pytest.raises(PoetError, match="reads only safetensors adapters"):  # asked for by name: the error stands
+        llamacpp.engine_for("llamacpp", str(tiny_llama), [odd])
+    assert isinstance(llamacpp.engine_for("auto", str(tiny_llama), []), llamacpp.Engine)
