@@ -8,13 +8,16 @@ tokens (end of text is held off with min_new_tokens, so every row runs every ste
   each with the lean path (lean LoRA row mask + few-row linear layers, generation on the torch thread that loaded the
   model) and with the path before it (peft's forward with an output mask, the plain head, a new thread per call),
 - a batch of 8 rows of the tuned model against one row (form generation's k candidates),
+- the same legs with int8 copies of the weights (core/int8.py, dtype auto on CPUs without native bf16), and what
+  the copies cost: held-out loss against exact, and greedy tokens that agree with exact,
 - where llama-cpp-python is installed, the llama.cpp engine on the bundled GGUF with the same adapter as a GGUF
   adapter: one column, side by side, two sequential calls (end of text held off with a logit bias).
 The paths are interleaved and repeated; the best of the repeats counts (the least disturbed by other processes).
 - where llama-cpp-python is installed, k rows of the tuned model on one llama.cpp context (8 sequences, the numpy
   sampler): the form engine's step, against one row.
-Then one form poem (a sonnet, k = 8, tuned) on each engine, `poetwb generate` end to end in a fresh process (32
-tokens, cached model) on each engine, and the import time alone.
+Then one form poem (a sonnet, k = 8, tuned) on each engine (torch exact, torch int8, llama.cpp), `poetwb generate`
+end to end in a fresh process (32 tokens, cached model) on each engine and with --dtype fp32, and the import time
+alone.
 Prints figures; asserts nothing.
 
 Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3] [--form sonnet|none]
@@ -42,17 +45,20 @@ def main() -> None:
     parser.add_argument("run", nargs="?", help="a run whose adapter is the tuned model (default: a random adapter)")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--dtype", default="exact", choices=["exact", "fp32", "bf16"],
+                        help="the weights of the exact legs (exact: bf16 where native, else fp32); the int8 legs "
+                        "add int8 copies to fp32 weights")
     parser.add_argument("--form", default="sonnet", help="the form poem timed on each engine (none: skip)")
     parser.add_argument("--candidates", type=int, default=8)
     args = parser.parse_args()
 
     import torch
 
-    from poetwb.core import generate, models, torch_thread
+    from poetwb.core import generate, int8, models, torch_thread
     from poetwb.core.config import SamplingConfig
 
     print(cpu_header(), flush=True)
+    print(f"dtype auto here: {models.resolve_dtype('auto')}", flush=True)
     adapter = args.run or random_adapter()
     loaded = models.load("bundled", adapter=adapter, dtype=args.dtype)
     plain = models.load("bundled", dtype=args.dtype)
@@ -82,6 +88,20 @@ def main() -> None:
 
         return torch_thread.call(run)  # where the model was loaded, as poetwb generates
 
+    can_int8 = int8.available() and dtype == torch.float32
+
+    def on_int8(fn: object) -> object:
+        """The same leg with int8 copies of the weights (what dtype auto loads on a CPU without native bf16)."""
+        def run() -> float:
+            for m in (loaded.model, plain.model):
+                torch_thread.call(int8.quantize, m)
+            try:
+                return fn()  # type: ignore[operator]
+            finally:
+                for m in (loaded.model, plain.model):
+                    int8.restore(m)
+        return run
+
     def with_path(lean: bool, fn: object) -> object:
         def run() -> float:
             generate.RowMask.LEAN = lean
@@ -103,6 +123,14 @@ def main() -> None:
         "tuned 8 rows, lean": with_path(True, lambda: columns([name] * 8)),
         "tuned 8 rows, before": with_path(False, lambda: columns([name] * 8)),
     }
+    if can_int8:
+        paths.update({
+            "plain generate, int8, 1 row": on_int8(plain_generate),
+            "one pass, int8": on_int8(lambda: columns([None, name])),
+            "two calls, int8": on_int8(lambda: columns([None]) + columns([name])),
+            "tuned 1 row, int8": on_int8(lambda: columns([name])),
+            "tuned 8 rows, int8": on_int8(lambda: columns([name] * 8)),
+        })
     from poetwb.core import llamacpp
 
     engine = None
@@ -168,6 +196,13 @@ def main() -> None:
           f"{best['tuned 8 rows, lean'] / best['tuned 1 row, lean']:.2f}x")
     print(f"lean / before: one pass {best['one pass, lean'] / best['one pass, before']:.2f}x, "
           f"8 rows {best['tuned 8 rows, lean'] / best['tuned 8 rows, before']:.2f}x", flush=True)
+    if can_int8:
+        print(f"int8 copies: side by side, tokens/s per column: {n / best['one pass, int8']:.1f} "
+              f"({best['one pass, lean'] / best['one pass, int8']:.2f}x the exact lean path; plain generate, one "
+              f"row: {n / best['plain generate, int8, 1 row']:.1f}); one pass / two sequential calls: "
+              f"{best['one pass, int8'] / best['two calls, int8']:.2f}x; batch of 8 / one row, adapter on: "
+              f"{best['tuned 8 rows, int8'] / best['tuned 1 row, int8']:.2f}x", flush=True)
+        int8_quality(loaded)
     if engine is not None:  # its columns decode in turn: a one-pass step is one token of every column
         print(f"llama.cpp engine ({engine.n_threads} threads, {engine.base.name}): side by side, tokens/s per "
               f"column: {n / best['llama.cpp, one pass']:.1f} (one column alone: "
@@ -180,11 +215,59 @@ def main() -> None:
     else:
         print("llama.cpp engine: not installed (pip install 'poetwb[llamacpp]'), not measured", flush=True)
     if args.form != "none":
-        form_poems(loaded, engine, args.form, args.candidates)
+        form_poems(loaded, engine, args.form, args.candidates, can_int8)
     end_to_end(32, ["torch", "llamacpp"] if engine is not None else ["torch"])
 
 
-def form_poems(loaded: object, engine: object, name: str, candidates: int) -> None:
+def int8_quality(loaded: object) -> None:
+    """What the int8 copies cost in quality, on the tuned model: the mean next-token loss over 60 blocks of 256
+    tokens of the bundled poets with every product on the copies (prompts included, so a bound), and how many
+    greedy tokens of the two report prompts agree with exact before the first difference."""
+    import torch
+
+    from poetwb.core import bundled, int8, torch_thread
+
+    model, tok = loaded.model, loaded.tokenizer  # type: ignore[attr-defined]
+    ids: list = []
+    for f in sorted(bundled.corpus_dir().rglob("*.txt")):
+        stream = tok(f.read_text(encoding="utf-8", errors="ignore"), return_tensors="pt").input_ids
+        ids += [stream[:, i:i + 256] for i in range(0, stream.shape[1] - 255, 256)]
+    ids = ids[:: max(1, len(ids) // 60)][:60]  # spread over the poets
+
+    def loss() -> float:
+        total = count = 0.0
+        with torch.inference_mode():
+            for x in ids:
+                total += model(input_ids=x, labels=x).loss.item() * (x.shape[1] - 1)
+                count += x.shape[1] - 1
+        return total / count
+
+    def greedy(prompt: str) -> list[int]:
+        enc = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        return out[0, enc.input_ids.shape[1]:].tolist()
+
+    prompts = [PROMPT, "Write a poem about the sea and the sky"]
+    exact = torch_thread.call(loss)
+    want = [torch_thread.call(greedy, p) for p in prompts]
+    torch_thread.call(int8.quantize, model)
+    int8.ALWAYS = True
+    try:
+        quant = torch_thread.call(loss)
+    finally:
+        int8.ALWAYS = False
+    got = [torch_thread.call(greedy, p) for p in prompts]
+    int8.restore(model)
+    same = [next((i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b), len(w)) for w, g in zip(
+        want, got, strict=True)]
+    print(f"int8 copies, quality (tuned): held-out loss {quant:.4f} vs exact {exact:.4f} "
+          f"({(quant - exact) / exact * 100:+.2f} %, {len(ids)} blocks of 256 tokens); greedy tokens agreeing "
+          f"with exact before the first difference: {same} of 32", flush=True)
+
+
+def form_poems(loaded: object, engine: object, name: str, candidates: int, with_int8: bool) -> None:
     """One form poem of the tuned model (raw prompt, report sampling, k candidates per line) on each engine: what
     a Compare column costs. Once each: a poem takes long enough that one is a figure."""
     from poetwb.core import forms, generate, llamacpp
@@ -192,35 +275,42 @@ def form_poems(loaded: object, engine: object, name: str, candidates: int) -> No
 
     form = forms.make_form(name)
     s = SamplingConfig(seed=0)
+    from poetwb.core import int8, torch_thread
+
     times = {}
-    for label in ("torch", "llama.cpp") if engine is not None else ("torch",):
-        runner = loaded if label == "torch" else engine
-        layout = [generate.adapter_names(loaded)[-1]] if label == "torch" else [0]
+    labels = ["torch"] + (["torch int8"] if with_int8 else []) + (["llama.cpp"] if engine else [])
+    for label in labels:
+        runner = engine if label == "llama.cpp" else loaded
+        layout = [0] if label == "llama.cpp" else [generate.adapter_names(loaded)[-1]]
+        if label == "torch int8":
+            torch_thread.call(int8.quantize, loaded.model)  # type: ignore[attr-defined]
         stats: list = []
         t = time.perf_counter()
-        chunks = (generate.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats)
-                  if label == "torch" else
-                  llamacpp.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats))
+        chunks = (llamacpp.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats)
+                  if label == "llama.cpp" else
+                  generate.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats))
         lines = sum(chunk.strip() != "" for _, chunk in chunks)
         times[label] = time.perf_counter() - t
+        int8.restore(loaded.model)  # type: ignore[attr-defined]
         print(f"{form.describe()}, k = {candidates}, tuned, {label}: {times[label]:.1f} s for {lines} lines "
               f"({stats[0].new_tokens} candidate tokens, {stats[0].new_tokens / times[label]:.1f} tokens/s)",
               flush=True)
-    if len(times) == 2:
-        print(f"form poem, llama.cpp / torch time: {times['llama.cpp'] / times['torch']:.2f}x", flush=True)
+    for label in labels[1:]:
+        print(f"form poem, {label} / torch time: {times[label] / times['torch']:.2f}x", flush=True)
 
 
 def end_to_end(tokens: int, engines: list[str]) -> None:
     """`poetwb generate` in a fresh process, cached model, on each engine; and `import poetwb.cli` alone."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    for engine in engines:
+    legs = [["--engine", e] for e in engines] + [["--engine", "torch", "--dtype", "fp32"]]
+    for leg in legs:
         runs = []
         for _ in range(2):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens),
-                            "--engine", engine], env=env, check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens), *leg],
+                           env=env, check=True, capture_output=True)
             runs.append(time.perf_counter() - t)
-        print(f"poetwb generate --engine {engine} end to end, {tokens} tokens: {min(runs):.1f} s", flush=True)
+        print(f"poetwb generate {' '.join(leg)} end to end, {tokens} tokens: {min(runs):.1f} s", flush=True)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import poetwb.cli"], env=env, check=True)
     print(f"python + import poetwb.cli alone: {time.perf_counter() - t:.1f} s", flush=True)

@@ -77,6 +77,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {kind: _save_tiny(root / f"tiny-{kind}", kind) for kind in ("gpt2", "llama")}
 
 
+@pytest.fixture(scope="session")
+def torch_name() -> str:
+    """What footers and --json call the torch engine under dtype auto here: int8 copies on a CPU without native
+    bf16 (core/int8.py), plain torch elsewhere."""
+    from poetwb.core import models
+
+    return "torch int8" if models.resolve_dtype("auto", models.pick_device()) == "int8" else "torch"
+
+
 @pytest.fixture
 def tiny_gpt2(tiny_models) -> Path:
     return tiny_models["gpt2"]

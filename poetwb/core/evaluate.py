@@ -70,8 +70,9 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
     return (total / count if count else float("nan")), count
 
 
-def load_run_model(folder: Path, progress: Progress | None = None) -> tuple[Any, Any, list[str]]:
-    """The run's base model with every finished stage's adapter attached (named stage1 / stage2)."""
+def load_run_model(folder: Path, progress: Progress | None = None, dtype: str = "auto") -> tuple[Any, Any, list[str]]:
+    """The run's base model with every finished stage's adapter attached (named stage1 / stage2); dtype as
+    models.load (held-out losses ask for models.EXACT: no int8 copies)."""
     from peft import PeftModel
 
     from poetwb.core import models
@@ -81,7 +82,7 @@ def load_run_model(folder: Path, progress: Progress | None = None) -> tuple[Any,
         raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
     cfg = runs.read_config(folder)
     _say(progress, models.loading_note(cfg.model))
-    loaded = models.load(cfg.model)
+    loaded = models.load(cfg.model, dtype=dtype)
     model = loaded.model
     names = []
     for i, stage in enumerate(stages):
@@ -103,10 +104,11 @@ def evaluate_run(run_id: str, batch_size: int = 8, progress: Progress | None = N
     """Loss and perplexity of base / stage 1 / stage 2 on every held-out split; saved as eval.json.
 
     progress(done, total, what) is called as batches finish (and with total 0 for the loading phases)."""
+    from poetwb.core import models
     from poetwb.core.train_job import use_bf16
 
     folder = runs.open_run(run_id)
-    model, tokenizer, names = load_run_model(folder, progress)
+    model, tokenizer, names = load_run_model(folder, progress, dtype=models.EXACT)
     _say(progress, "rebuilding the held-out sets")
     sets, _ = run_splits(folder, tokenizer)
     bf16 = use_bf16("auto")
@@ -197,7 +199,7 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         table[key] = row
     table["poet (held-out)"] = metrics.summarize(list(split["val"]["text"]), vocab)
     result = {"run_id": run_id, "adapter": names[-1], "table": table, "prompts": prompts, "generations": outputs,
-              "sampling": sampling.to_dict(), "engine": fast.name if fast is not None else "torch",
+              "sampling": sampling.to_dict(), "engine": generate.engine_name(fast or loaded),
               "form": form.describe() if form else "free",
               "candidates": candidates if form else None}
     atomic_write_json(folder / (f"metrics-{form.name}.json" if form else "metrics.json"), result)

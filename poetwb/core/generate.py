@@ -489,10 +489,13 @@ def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base
 
 
 def engine_name(runner: Any) -> str:
-    """How footers, --json and saved poems name the engine of a loaded model: llama.cpp or torch."""
-    from poetwb.core import llamacpp
+    """How footers, --json and saved poems name the engine of a loaded model: llama.cpp, torch, or torch int8
+    (decode steps on int8 copies of the weights, core/int8.py)."""
+    from poetwb.core import int8, llamacpp
 
-    return runner.name if isinstance(runner, llamacpp.Engine) else "torch"
+    if isinstance(runner, llamacpp.Engine):
+        return runner.name
+    return "torch int8" if int8.is_quantized(runner.model) else "torch"
 
 
 def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,

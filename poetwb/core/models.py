@@ -340,7 +340,9 @@ def load(
 
     Several `adapters` are attached to one copy of the base weights, named a1, a2, … in order.
 
-    dtype "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32.
+    dtype "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs); on other CPUs it is
+    fp32 weights plus int8 copies that decode steps read (core/int8.py; README "Int8 copies for decoding" has the
+    measured speed and loss). "fp32" is exact; "int8" asks for the copies on any CPU that offers them.
     Loading runs on the torch thread, where generation runs too (core/torch_thread.py says why).
     """
     import torch
@@ -356,6 +358,8 @@ def load(
         raise PoetError("give one adapter or a list of adapters, not both")
     paths_ = [resolve_adapter(a, allow_pickle=allow_pickle) for a in specs]  # checked before any weights load
     model_id, folder = resolve(spec, allow_pickle=allow_pickle)
+    device = device or pick_device()
+    chosen = resolve_dtype(dtype, device)
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -381,8 +385,11 @@ def load(
         model = attach_adapter(model, path, model_id, name=f"a{i + 1}" if adapters else "default",
                                first=i == 0)
     model.eval()
-    device = device or pick_device()
-    model.to(device=device, dtype=torch_dtype(dtype, device))
+    model.to(device=device, dtype=torch_dtype(chosen, device))
+    if chosen == "int8":
+        from poetwb.core import int8
+
+        int8.quantize(model)
     return LoadedModel(model, tokenizer, model_id, folder, paths_[0] if paths_ else None, paths_)
 
 
@@ -397,15 +404,39 @@ def native_bf16(device: str = "cpu") -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+DTYPES = ("auto", "fp32", "bf16", "int8")
+EXACT = "exact"
+"""A dtype name for measurements (held-out loss): bf16 where native, else fp32; never int8 copies."""
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """What `load` makes of a dtype name on a device: fp32, bf16 or int8 (fp32 weights with int8 copies for
+    decoding, CPU only). auto: bf16 where native, else int8 on a CPU whose torch has the kernel, else fp32."""
+    from poetwb.core import int8
+
+    if name == EXACT:
+        return "bf16" if native_bf16(device) else "fp32"
+    if name == "auto":
+        if native_bf16(device):
+            return "bf16"
+        return "int8" if device == "cpu" and int8.available() else "fp32"
+    name = {"float32": "fp32", "bfloat16": "bf16"}.get(name, name)
+    if name not in DTYPES:
+        raise PoetError(f"unknown dtype {name!r}: use {', '.join(DTYPES)}")
+    if name == "int8" and device != "cpu":
+        raise PoetError(f"int8 weights are for CPUs (this model is on {device}); use --dtype auto, fp32 or bf16")
+    if name == "int8" and not int8.available():
+        raise PoetError("int8 weights need torch's AVX2 int8 kernel, which this CPU or torch lacks; "
+                        "use --dtype auto, fp32 or bf16")
+    return name
+
+
 def torch_dtype(name: str, device: str = "cpu") -> Any:
+    """The torch dtype a model's parameters get for a dtype name (int8 keeps fp32 parameters)."""
     import torch
 
-    choices = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    if name not in choices:
-        raise PoetError(f"unknown dtype {name!r}: use auto, fp32 or bf16")
-    return choices[name]
+    chosen = resolve_dtype(name, device)
+    return torch.bfloat16 if chosen == "bf16" else torch.float32
 
 
 def pick_device() -> str:

@@ -62,15 +62,15 @@ def test_mixed_batch_equals_separate_generations_under_greedy(done, tiny_models)
     assert texts[0] != texts[1]
 
 
-def test_poetic_metrics_and_report_contain_every_section(done, tmp_path, capsys):
+def test_poetic_metrics_and_report_contain_every_section(done, tmp_path, capsys, torch_name):
     prompts = [{"text": "The sea is blue", "mode": "raw"}, {"text": "Write a poem about the sea", "mode": "instruct"}]
     result = evaluate.poetic_metrics("ev", prompts, max_new_tokens=12)
     assert set(result["table"]) == {"base", "tuned", "poet (held-out)"}
     from poetwb.core import llamacpp
 
-    assert result["engine"] == ("llama.cpp" if llamacpp.installed() else "torch")  # auto, free verse
+    assert result["engine"] == ("llama.cpp" if llamacpp.installed() else torch_name)  # auto, free verse
     greedy = evaluate.poetic_metrics("ev", prompts[:1], max_new_tokens=8, engine="torch")
-    assert greedy["engine"] == "torch" and len(greedy["generations"]["tuned"]) == 1
+    assert greedy["engine"] == torch_name and len(greedy["generations"]["tuned"]) == 1
     assert result["table"]["poet (held-out)"]["lines_per_poem"] == 4
     from poetwb.core.votes import Votes
 

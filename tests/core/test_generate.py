@@ -130,10 +130,11 @@ def test_row_mask_rows_give_each_row_exactly_its_own_model(tiny_models, tmp_path
 
 def test_few_row_decode_steps_match_the_plain_layers(tiny_models):
     """FewRows: a decode step of several rows gives the plain layers' logits (to float rounding), one row and the
-    prompt's prefill are bit-identical, and the layers' own forward is back after the block."""
+    prompt's prefill are bit-identical, and the layers' own forward is back after the block (fp32 weights: int8
+    copies take decode steps themselves)."""
     import torch
 
-    model = models.load(str(tiny_models["llama"])).model
+    model = models.load(str(tiny_models["llama"]), dtype="fp32").model
     ids = torch.randint(5, 60, (4, 6))
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)

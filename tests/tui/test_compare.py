@@ -203,7 +203,8 @@ async def test_a_second_generation_never_mixes_into_the_first(tiny_models, finis
         assert [c.text for c in columns(app)] == replaced
 
 
-async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_models, finished_run, settle):
+async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_models, finished_run, settle,
+                                                                          torch_name):
     """auto: llama.cpp where it is installed, for free verse and forms alike; asking for llama.cpp where it is not
     installed is refused with a message before anything runs. The footers say which engine wrote the poems (sampled
     poems differ between engines: each has its own random number generator; greedy agreement is tested in core)."""
@@ -215,13 +216,13 @@ async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_mo
         app.query_one("#seed", Input).value = "5"
         await pilot.click("#generate")
         await settle(pilot)
-        expected = "llama.cpp" if llamacpp.installed() else "torch"
+        expected = "llama.cpp" if llamacpp.installed() else torch_name
         for col in columns(app):
             assert str(col.query_one(".column-foot", Label).render()).endswith(f"tok/s · {expected}")
         app.query_one("#engine", Select).value = "torch"
         await pilot.click("#generate")
         await settle(pilot)
-        assert all(str(c.query_one(".column-foot", Label).render()).endswith("· torch") for c in columns(app))
+        assert all(str(c.query_one(".column-foot", Label).render()).endswith(f"· {torch_name}") for c in columns(app))
         app.query_one("#engine", Select).value = "llamacpp"
         app.query_one("#form", Select).value = "couplets"
         await pilot.pause()
@@ -240,7 +241,7 @@ async def test_the_engine_is_chosen_per_poem_and_named_under_each_column(tiny_mo
 
 
 async def test_without_llama_cpp_auto_says_once_where_the_faster_engine_comes_from(tiny_models, monkeypatch,
-                                                                                   settle):
+                                                                                   settle, torch_name):
     from poetwb.core import llamacpp
 
     monkeypatch.setattr(llamacpp, "installed", lambda: False)
@@ -254,4 +255,4 @@ async def test_without_llama_cpp_auto_says_once_where_the_faster_engine_comes_fr
             await pilot.click("#generate")
             await settle(pilot)
         assert sum("pip install 'poetwb[llamacpp]'" in m for m in said) == 1
-        assert all(str(c.query_one(".column-foot", Label).render()).endswith("· torch") for c in columns(app))
+        assert all(str(c.query_one(".column-foot", Label).render()).endswith(f"· {torch_name}") for c in columns(app))
