@@ -138,18 +138,18 @@ class PoetApp(App[None]):
         else:
             self.call_from_thread(self.notify, message, **kwargs)
 
-    def load_model(self, model: str, adapters: tuple[str, ...] = ()) -> Any:
+    def load_model(self, model: str, adapters: tuple[str, ...] = (), dtype: str = "auto") -> Any:
         """Load (once) and cache a model with its adapters (one copy of the base weights for all of them);
         called from worker threads. A first load says what it is doing first (converting the bundled model takes
-        ~40 s once; a load takes seconds)."""
+        ~40 s once; a load takes seconds). dtype as models.load (fp32: the exact torch engine)."""
         from poetwb.core import models
 
         def load() -> Any:
             extra = "" if not adapters else " and its adapter" if len(adapters) == 1 else " and its adapters"
             self.say(models.loading_note(model) + extra + "…", timeout=8)
-            return models.load(model, adapters=list(adapters))
+            return models.load(model, adapters=list(adapters), dtype=dtype)
 
-        return self._kept("torch", (model, adapters), load)
+        return self._kept("torch", (model, adapters, dtype), load)
 
     def load_engine(self, model: str, adapters: tuple[str, ...] = (), asked: str = "auto") -> Any:
         """The llama.cpp engine for a model and its adapters, loaded once and cached like load_model; None where

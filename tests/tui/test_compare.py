@@ -256,3 +256,24 @@ async def test_without_llama_cpp_auto_says_once_where_the_faster_engine_comes_fr
             await settle(pilot)
         assert sum("pip install 'poetwb[llamacpp]'" in m for m in said) == 1
         assert all(str(c.query_one(".column-foot", Label).render()).endswith(f"· {torch_name}") for c in columns(app))
+
+
+async def test_the_exact_torch_engine_is_one_select_away_and_the_footers_say_which_ran(tiny_models, settle,
+                                                                                      torch_name):
+    """engine: torch decodes on int8 copies where dtype auto takes them (CPUs without native bf16); engine: torch
+    fp32 loads the exact model (no copies) and the footers say plain torch."""
+    from poetwb.core import int8
+    from poetwb.tui.panes.compare import TORCH_FP32
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot)
+        for value, want in ((TORCH_FP32, "torch"), ("torch", torch_name)):
+            app.query_one("#engine", Select).value = value
+            await pilot.click("#generate")
+            await settle(pilot)
+            assert all(str(c.query_one(".column-foot", Label).render()).endswith(f"tok/s · {want}")
+                       for c in columns(app))
+            (key, loaded), = [held for engine, held in app._models.items() if engine == "torch"]
+            assert key[-1] == ("fp32" if value == TORCH_FP32 else "auto")
+            assert int8.is_quantized(loaded.model) == (want == "torch int8")

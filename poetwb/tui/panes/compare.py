@@ -23,6 +23,8 @@ from poetwb.tui.widgets.slider import Slider
 from poetwb.tui.workers import WorkerErrors
 
 MAX_RUNS = 4
+TORCH_FP32 = "torch-fp32"
+"""The engine select's exact torch: fp32 weights, no int8 copies (core/int8.py)."""
 SEED_MAX = 2**63 - 1
 
 
@@ -151,9 +153,12 @@ class ComparePane(WorkerErrors, Vertical):
             yield Input(placeholder="syllables: 10 or 8-9 …", id="syllables", disabled=True,
                         tooltip="syllables per line: one number (10), a range (8-9) or one per line (8,8,5,5,8)")
             yield Slider("candidates per line", 1, 16, 1, forms.DEFAULT_CANDIDATES, integer=True, id="candidates")
-            yield Select([("engine: auto", "auto"), ("engine: torch", "torch"), ("engine: llama.cpp", "llamacpp")],
+            yield Select([("engine: auto", "auto"), ("engine: torch", "torch"), ("engine: torch fp32", TORCH_FP32),
+                          ("engine: llama.cpp", "llamacpp")],
                          value="auto", allow_blank=False, id="engine",
-                         tooltip="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]'), else torch")
+                         tooltip="auto: llama.cpp when installed (pip install 'poetwb[llamacpp]'), else torch; "
+                                 "torch decodes on int8 copies of the weights on CPUs without native bf16, "
+                                 "torch fp32 is exact")
         with Horizontal(id="sliders"):
             with Vertical():
                 yield Slider("temperature", 0.0, 2.0, 0.05, d.temperature, id="temperature")
@@ -264,6 +269,8 @@ class ComparePane(WorkerErrors, Vertical):
             sampling = self.sampling()
             form = self.form()
             asked = str(self.query_one("#engine", Select).value)
+            dtype = "fp32" if asked == TORCH_FP32 else "auto"
+            asked = "torch" if asked == TORCH_FP32 else asked
             engine = llamacpp.choose(asked, form)
             if len(adapters) > MAX_RUNS:
                 raise PoetError(f"pick at most {MAX_RUNS} runs to compare (now {len(adapters)})")
@@ -310,7 +317,7 @@ class ComparePane(WorkerErrors, Vertical):
         self.streaming = True
         candidates = int(self.query_one("#candidates", Slider).value)
         self.run_generation(self.gen, model, adapters, with_base, prompt, instruct, sampling, form, candidates,
-                            self.stop, (asked, engine))
+                            self.stop, (asked, engine), dtype)
 
     def _label(self, adapter: str) -> str:
         from poetwb.core import runs
@@ -350,14 +357,14 @@ class ComparePane(WorkerErrors, Vertical):
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_generation(self, gen: int, model: str, adapters: list[str], with_base: bool, prompt: str,
                        instruct: bool, sampling: Any, form: Any, candidates: int, stop: threading.Event,
-                       engine: tuple[str, str] = ("auto", "torch")) -> None:
+                       engine: tuple[str, str] = ("auto", "torch"), dtype: str = "auto") -> None:
         from poetwb.core import generate
 
         stats: list[Any] = []
         name = "llama.cpp" if engine[1] == "llamacpp" else "torch"
         try:
             runner = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
-            runner = runner or self.app.load_model(model, tuple(adapters))
+            runner = runner or self.app.load_model(model, tuple(adapters), dtype)
             name = generate.engine_name(runner)
             for col, chunk in generate.runner_columns(runner, prompt, sampling, with_base, instruct, form,
                                                       candidates, cancel=stop, stats=stats):
