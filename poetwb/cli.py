@@ -809,7 +809,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="a run id or adapter folder; repeat for up to four runs")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="weights (auto: bf16 where the hardware has it natively, else int8 copies for decoding on "
-                   "CPUs; fp32: exact)")
+                   "AVX2 CPUs, else fp32; fp32: exact)")
     p.add_argument("-p", "--prompt", required=True, help="first line to continue, or a request with --instruct")
     p.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction (chat template)")
     _form_args(p)
@@ -874,7 +874,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--adapter", default=None, help="a LoRA adapter folder or a run id")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="weights (auto: bf16 where the hardware has it natively, else int8 copies for decoding on "
-                   "CPUs; fp32: exact)")
+                   "AVX2 CPUs, else fp32; fp32: exact)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (unsafe)")
     p.add_argument("--allow-pickle", action="store_true", help="load pickle .bin weights (unsafe)")
 
