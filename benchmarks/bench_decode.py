@@ -270,13 +270,11 @@ def int8_quality(loaded: object) -> None:
 def form_poems(loaded: object, engine: object, name: str, candidates: int, with_int8: bool) -> None:
     """One form poem of the tuned model (raw prompt, report sampling, k candidates per line) on each engine: what
     a Compare column costs. Once each: a poem takes long enough that one is a figure."""
-    from poetwb.core import forms, generate, llamacpp
+    from poetwb.core import forms, generate, int8, llamacpp, torch_thread
     from poetwb.core.config import SamplingConfig
 
     form = forms.make_form(name)
     s = SamplingConfig(seed=0)
-    from poetwb.core import int8, torch_thread
-
     times = {}
     labels = ["torch"] + (["torch int8"] if with_int8 else []) + (["llama.cpp"] if engine else [])
     for label in labels:
@@ -291,7 +289,8 @@ def form_poems(loaded: object, engine: object, name: str, candidates: int, with_
                   generate.columns(runner, PROMPT, s, layout, form=form, candidates=candidates, stats=stats))
         lines = sum(chunk.strip() != "" for _, chunk in chunks)
         times[label] = time.perf_counter() - t
-        int8.restore(loaded.model)  # type: ignore[attr-defined]
+        if label == "torch int8":
+            int8.restore(loaded.model)  # type: ignore[attr-defined]
         print(f"{form.describe()}, k = {candidates}, tuned, {label}: {times[label]:.1f} s for {lines} lines "
               f"({stats[0].new_tokens} candidate tokens, {stats[0].new_tokens / times[label]:.1f} tokens/s)",
               flush=True)

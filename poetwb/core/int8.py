@@ -85,8 +85,8 @@ def quantize(model: Any) -> int:
     import torch.nn.functional as F
 
     count = 0
-    for layer, weight, conv in _layers(model):
-        values, scales = int8_rows(weight)
+    for layer, out_in, conv in _layers(model):
+        values, scales = int8_rows(out_in)
         bias = layer.bias
         out_features = values.shape[0]
 

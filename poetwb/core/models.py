@@ -385,7 +385,7 @@ def load(
         model = attach_adapter(model, path, model_id, name=f"a{i + 1}" if adapters else "default",
                                first=i == 0)
     model.eval()
-    model.to(device=device, dtype=torch_dtype(chosen, device))
+    model.to(device=device, dtype=torch.bfloat16 if chosen == "bf16" else torch.float32)  # int8: fp32 + copies
     if chosen == "int8":
         from poetwb.core import int8
 
@@ -429,14 +429,6 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
         raise PoetError("int8 weights need torch's AVX2 int8 kernel, which this CPU or torch lacks; "
                         "use --dtype auto, fp32 or bf16")
     return name
-
-
-def torch_dtype(name: str, device: str = "cpu") -> Any:
-    """The torch dtype a model's parameters get for a dtype name (int8 keeps fp32 parameters)."""
-    import torch
-
-    chosen = resolve_dtype(name, device)
-    return torch.bfloat16 if chosen == "bf16" else torch.float32
 
 
 def pick_device() -> str:
