@@ -157,7 +157,7 @@ class TorchLines:
     def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
         """k candidate lines from one batched generate call on the shared context cache."""
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         from poetwb.core.generate import FewRows, generate_kwargs
 
@@ -172,14 +172,14 @@ class TorchLines:
                 return done | stop.is_set()
 
         start = len(ctx.ids)
-        kwargs = generate_kwargs(tokenizer, model, sampling)
+        kwargs = generate_kwargs(tokenizer, model, sampling,
+                                 (_syllable_processor(tokenizer, classes, start, spec.syllables),))
         kwargs.update(max_new_tokens=max_line_tokens(spec), eos_token_id=None)
         input_ids = torch.tensor([ctx.ids] * k, device=device)
         with torch.inference_mode(), FewRows(model):  # FewRows: a no-op inside generate.columns, which holds one
             out = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 **{_cache_kw(model): ctx.repeated_cache(k)},
-                logits_processor=LogitsProcessorList([_syllable_processor(tokenizer, classes, start, spec.syllables)]),
                 stopping_criteria=StoppingCriteriaList([_EndOfLine()]), return_dict_in_generate=True,
                 output_logits=True, **kwargs,
             )

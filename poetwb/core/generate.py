@@ -73,20 +73,38 @@ class RowStats:
         return out
 
 
-def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig) -> dict[str, Any]:
+def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig, processors: tuple[Any, ...] = ()
+                    ) -> dict[str, Any]:
+    """model.generate's keyword arguments for these sampling settings, with extra logits processors (run before
+    the sampling ones). With top-k on, sampling is core.sampler's processor on the k best logits, taken by generate's
+    greedy argmax; top-k off keeps transformers' own sampling over the whole vocabulary."""
+    from transformers import LogitsProcessorList
+
+    from poetwb.core import sampler
+
     kwargs: dict[str, Any] = {
         "max_new_tokens": sampling.max_new_tokens,
         "repetition_penalty": sampling.repetition_penalty,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
+    chain = list(processors)
+    vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") else None
+    top_k = min(sampling.top_k, vocab) if vocab and sampling.top_k else sampling.top_k
     if sampling.temperature == 0:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    elif top_k and FAST_SAMPLER:
+        chain.append(sampler.make(sampling.temperature, top_k, sampling.top_p))
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
-        vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") else None
-        top_k = min(sampling.top_k, vocab) if vocab and sampling.top_k else sampling.top_k
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=top_k or None)
+    if chain:
+        kwargs["logits_processor"] = LogitsProcessorList(chain)
     return kwargs
+
+
+FAST_SAMPLER = True
+"""False: transformers' own sampling over the whole vocabulary (the path before, for benchmarks)."""
 
 
 def stream_rows(
@@ -225,15 +243,20 @@ def generate(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool 
     return Generation(text, stats[0].new_tokens if stats else 0, time.perf_counter() - start)
 
 
+ALL = object()
+"""RowMask's rank mask when every row uses every loaded adapter component (one adapter on all rows)."""
+
+
 class RowMask:
     """Which rows of a batch each loaded adapter applies to, on one copy of the base weights.
 
     For the time of a generation every LoRA linear layer gets a lean forward: the base layer, then one product with
     all adapters' A matrices stacked (rank r1+…+rN), a 0/1 mask per row and rank component, and one product with the
-    B matrices side by side. Per layer and decode step that is three small kernels whatever the number of adapters,
-    instead of peft's module calls per adapter (its mixed-batch sub-batch indexing is 2x slower than two sequential
-    calls on a 2-core CPU). A row whose mask is 0 adds an exact zero, so it is exactly the base model; with one
-    adapter (or adapters of one scale) a tuned row is computed in peft's own order.
+    B matrices side by side (each scaled by its adapter's scale), added to the base result in the same kernel. Per
+    layer and decode step that is two or three small kernels whatever the number of adapters (no mask product when
+    every row uses every adapter), instead of peft's module calls per adapter (its mixed-batch sub-batch indexing is
+    2x slower than two sequential calls on a 2-core CPU). A row whose mask is 0 adds an exact zero, so it is exactly
+    the base model; a tuned row equals peft's forward to float rounding (the scale is folded into B).
 
     `rows` sets the batch's layout (one entry per row: an adapter name or None); `whole` makes every row of any
     batch use one adapter (or none: the base layers alone), for form generation whose batches vary in size.
@@ -275,24 +298,27 @@ class RowMask:
         import torch.nn.functional as F
 
         ranks = tuple(layer.lora_A[n].out_features if n in present else 0 for n in self.names)
-        scales = {layer.scaling[n] for n in present}
-        one_scale = len(scales) == 1
         a_all = torch.cat([layer.lora_A[n].weight for n in present], dim=0)
-        # one shared scale goes after the B product, as in peft; different scales are folded into B
-        b_all = torch.cat([layer.lora_B[n].weight * (1.0 if one_scale else layer.scaling[n]) for n in present], dim=1)
-        scale = scales.pop() if one_scale else 1.0
+        # each adapter's scale folded into its B columns (peft scales after the B product: equal to float rounding)
+        b_all = torch.cat([layer.lora_B[n].weight * layer.scaling[n] for n in present], dim=1)
+        b_t = b_all.t()
         base, masks = layer.base_layer, self.rank_masks
 
         def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
-            result = base(x, *args, **kwargs)
+            # the base layer's forward (its int8 or few-row one when patched) without Module.__call__'s bookkeeping
+            result = base.forward(x, *args, **kwargs)
             mask = masks.get(ranks)
             if mask is None:
                 return result
-            u = F.linear(x.to(a_all.dtype), a_all)
-            if mask.dim() == 2:  # one row of the mask per batch row
-                mask = mask.view(mask.shape[0], *([1] * (u.dim() - 2)), mask.shape[1])
-            delta = F.linear(u * mask, b_all) * scale
-            return (result + delta).to(result.dtype)
+            u = F.linear(x if x.dtype == a_all.dtype else x.to(a_all.dtype), a_all)
+            if mask is not ALL:
+                if mask.dim() == 2:  # one row of the mask per batch row
+                    mask = mask.view(mask.shape[0], *([1] * (u.dim() - 2)), mask.shape[1])
+                u = u * mask
+            if result.dtype == b_t.dtype:  # result + u @ Bᵀ in one kernel
+                out = torch.addmm(result.reshape(-1, result.shape[-1]), u.reshape(-1, u.shape[-1]), b_t)
+                return out.view(result.shape)
+            return (result + F.linear(u, b_all)).to(result.dtype)
 
         layer.forward = forward
         self.patched.append(layer)
@@ -311,21 +337,27 @@ class RowMask:
     def _components(self, ranks: tuple[int, ...], name: str | None) -> list[float]:
         return [float(n == name) for n, r in zip(self.names, ranks, strict=True) for _ in range(r)]
 
+    def _rank_mask(self, rows: list[list[float]] | list[float]) -> Any:
+        """A 0/1 tensor, (rows, rank) or (rank,) for every row alike; ALL when every component is on (no product
+        needed), None when none is (no LoRA product at all)."""
+        import torch
+
+        flat = [v for row in rows for v in (row if isinstance(row, list) else [row])]
+        if not any(flat):
+            return None  # no row uses an adapter: the base layers alone
+        return ALL if all(flat) else torch.tensor(rows, device=self.device, dtype=self.dtype)
+
     def rows(self, layout: list[str | None]) -> None:
         import torch
 
         self.masks = {n: torch.tensor([float(r == n) for r in layout], device=self.device) for n in self.names}
         for ranks in self.rank_masks:
-            self.rank_masks[ranks] = torch.tensor([self._components(ranks, r) for r in layout],
-                                                  device=self.device, dtype=self.dtype)
+            self.rank_masks[ranks] = self._rank_mask([self._components(ranks, r) for r in layout])
 
     def whole(self, name: str | None) -> None:
-        import torch
-
         self.masks = {n: float(n == name) for n in self.names}
         for ranks in self.rank_masks:
-            self.rank_masks[ranks] = None if name is None else torch.tensor(
-                self._components(ranks, name), device=self.device, dtype=self.dtype)
+            self.rank_masks[ranks] = None if name is None else self._rank_mask(self._components(ranks, name))
 
     def close(self) -> None:
         for hook in self.hooks:
