@@ -78,7 +78,9 @@ def main() -> None:
 
     def plain_generate() -> float:
         enc = plain.tokenizer(PROMPT, return_tensors="pt")
+        generate.FAST_SAMPLER = False  # transformers' own sampling: the reference
         kw = generate.generate_kwargs(plain.tokenizer, plain.model, s)
+        generate.FAST_SAMPLER = True
 
         def run() -> float:
             t = time.perf_counter()
@@ -106,11 +108,22 @@ def main() -> None:
         def run() -> float:
             generate.RowMask.LEAN = lean
             generate.FewRows.MAX_ROWS = 16 if lean else 0
-            generate.ON_TORCH_THREAD = lean
+            generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = lean
             try:
                 return fn()  # type: ignore[operator]
             finally:
-                generate.RowMask.LEAN, generate.FewRows.MAX_ROWS, generate.ON_TORCH_THREAD = True, 16, True
+                generate.RowMask.LEAN, generate.FewRows.MAX_ROWS = True, 16
+                generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = True
+        return run
+
+    def products(fn: object) -> object:
+        """int8 copies, but a batch of one adapter computes LoRA products instead of reading merged copies."""
+        def run() -> float:
+            generate.RowMask.MERGE = False
+            try:
+                return fn()  # type: ignore[operator]
+            finally:
+                generate.RowMask.MERGE = True
         return run
 
     paths = {
@@ -130,6 +143,8 @@ def main() -> None:
             "two calls, int8": on_int8(lambda: columns([None]) + columns([name])),
             "tuned 1 row, int8": on_int8(lambda: columns([name])),
             "tuned 8 rows, int8": on_int8(lambda: columns([name] * 8)),
+            "tuned 1 row, int8 products": on_int8(products(lambda: columns([name]))),
+            "tuned 8 rows, int8 products": on_int8(products(lambda: columns([name] * 8))),
         })
     from poetwb.core import llamacpp
 
@@ -202,6 +217,9 @@ def main() -> None:
               f"row: {n / best['plain generate, int8, 1 row']:.1f}); one pass / two sequential calls: "
               f"{best['one pass, int8'] / best['two calls, int8']:.2f}x; batch of 8 / one row, adapter on: "
               f"{best['tuned 8 rows, int8'] / best['tuned 1 row, int8']:.2f}x", flush=True)
+        print(f"int8 copies, tuned rows on copies with the adapter merged / base copies + LoRA products, time: "
+              f"1 row {best['tuned 1 row, int8'] / best['tuned 1 row, int8 products']:.2f}x, 8 rows "
+              f"{best['tuned 8 rows, int8'] / best['tuned 8 rows, int8 products']:.2f}x", flush=True)
         int8_quality(loaded)
     if engine is not None:  # its columns decode in turn: a one-pass step is one token of every column
         print(f"llama.cpp engine ({engine.n_threads} threads, {engine.base.name}): side by side, tokens/s per "
@@ -222,10 +240,12 @@ def main() -> None:
 def int8_quality(loaded: object) -> None:
     """What the int8 copies cost in quality, on the tuned model: the mean next-token loss over 60 blocks of 256
     tokens of the bundled poets with every product on the copies (prompts included, so a bound), and how many
-    greedy tokens of the two report prompts agree with exact before the first difference."""
+    greedy tokens of the two report prompts agree with exact before the first difference; both for the base copies
+    with LoRA products in fp32 (a side-by-side batch) and for copies with the adapter merged in (a batch of tuned
+    rows alone)."""
     import torch
 
-    from poetwb.core import bundled, int8, torch_thread
+    from poetwb.core import bundled, generate, int8, torch_thread
 
     model, tok = loaded.model, loaded.tokenizer  # type: ignore[attr-defined]
     ids: list = []
@@ -259,12 +279,26 @@ def int8_quality(loaded: object) -> None:
     finally:
         int8.ALWAYS = False
     got = [torch_thread.call(greedy, p) for p in prompts]
+    mask = generate.RowMask(model, generate.adapter_names(loaded))  # the tuned model on merged copies
+    mask.whole(generate.adapter_names(loaded)[-1])
+    int8.ALWAYS = True
+    try:
+        merged = torch_thread.call(loss)
+    finally:
+        int8.ALWAYS = False
+    got_merged = [torch_thread.call(greedy, p) for p in prompts]
+    mask.close()
     int8.restore(model)
-    same = [next((i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b), len(w)) for w, g in zip(
-        want, got, strict=True)]
-    print(f"int8 copies, quality (tuned): held-out loss {quant:.4f} vs exact {exact:.4f} "
-          f"({(quant - exact) / exact * 100:+.2f} %, {len(ids)} blocks of 256 tokens); greedy tokens agreeing "
-          f"with exact before the first difference: {same} of 32", flush=True)
+
+    def agree(got: list) -> list[int]:
+        return [next((i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b), len(w))
+                for w, g in zip(want, got, strict=True)]
+
+    for label, value, tokens in (("base copies + LoRA", quant, got), ("adapter merged into the copies", merged,
+                                                                         got_merged)):
+        print(f"int8 copies, quality (tuned, {label}): held-out loss {value:.4f} vs exact {exact:.4f} "
+              f"({(value - exact) / exact * 100:+.2f} %, {len(ids)} blocks of 256 tokens); greedy tokens agreeing "
+              f"with exact before the first difference: {agree(tokens)} of 32", flush=True)
 
 
 def form_poems(loaded: object, engine: object, name: str, candidates: int, with_int8: bool) -> None:

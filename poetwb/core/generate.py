@@ -258,6 +258,9 @@ class RowMask:
     2x slower than two sequential calls on a 2-core CPU). A row whose mask is 0 adds an exact zero, so it is exactly
     the base model; a tuned row equals peft's forward to float rounding (the scale is folded into B).
 
+    On a model with int8 copies (core/int8.py), decode steps of a batch whose rows all use one adapter read copies
+    with that adapter merged in, and compute no LoRA products at all.
+
     `rows` sets the batch's layout (one entry per row: an adapter name or None); `whole` makes every row of any
     batch use one adapter (or none: the base layers alone), for form generation whose batches vary in size.
     Layers this cannot handle (DoRA and other variants, embeddings, a merged adapter) keep peft's forward with a
@@ -266,6 +269,9 @@ class RowMask:
 
     LEAN = True
     """False keeps peft's forward on every layer (with the output mask): the path before, for benchmarks."""
+    MERGE = True
+    """False: batches of one adapter read the base int8 copies plus LoRA products (the path before, for
+    benchmarks)."""
 
     def __init__(self, model: Any, names: list[str]) -> None:
         self.model = model
@@ -297,6 +303,8 @@ class RowMask:
         import torch
         import torch.nn.functional as F
 
+        from poetwb.core.int8 import is_step
+
         ranks = tuple(layer.lora_A[n].out_features if n in present else 0 for n in self.names)
         a_all = torch.cat([layer.lora_A[n].weight for n in present], dim=0)
         # each adapter's scale folded into its B columns (peft scales after the B product: equal to float rounding)
@@ -309,6 +317,9 @@ class RowMask:
             result = base.forward(x, *args, **kwargs)
             mask = masks.get(ranks)
             if mask is None:
+                return result
+            copies = vars(base).get("poetwb_int8")
+            if copies is not None and copies.key is not None and is_step(x):  # the merged copy holds the adapter
                 return result
             u = F.linear(x if x.dtype == a_all.dtype else x.to(a_all.dtype), a_all)
             if mask is not ALL:
@@ -353,13 +364,29 @@ class RowMask:
         self.masks = {n: torch.tensor([float(r == n) for r in layout], device=self.device) for n in self.names}
         for ranks in self.rank_masks:
             self.rank_masks[ranks] = self._rank_mask([self._components(ranks, r) for r in layout])
+        self._merged(layout[0] if len(set(layout)) == 1 else None)
 
     def whole(self, name: str | None) -> None:
         self.masks = {n: float(n == name) for n in self.names}
         for ranks in self.rank_masks:
             self.rank_masks[ranks] = None if name is None else self._rank_mask(self._components(ranks, name))
+        self._merged(name)
+
+    def _merged(self, name: str | None) -> None:
+        """Decode steps of a batch whose rows all use one adapter read int8 copies with that adapter merged in
+        (core/int8.merge: no LoRA products); any other batch reads the base copies. Models without int8 copies
+        keep the LoRA products (exact)."""
+        from poetwb.core import int8
+
+        key = name if self.MERGE else None
+        for layer in self.patched:
+            copies = int8.merge(layer, key) if key is not None and key in layer.lora_A \
+                else vars(layer.base_layer).get("poetwb_int8")
+            if copies is not None:
+                copies.use(key)
 
     def close(self) -> None:
+        self._merged(None)
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()

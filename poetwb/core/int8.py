@@ -9,7 +9,9 @@ So a layer takes the int8 copy for inputs of one position per row (decode steps 
 after a prompt, since generate keeps only the last position's logits) and its own fp32 weights for everything else
 (a prompt's layers, rescoring passes, training): the fp32 weights stay, and a row's numbers do not depend on how
 many other rows share its batch. On a model, `quantize` patches every plain
-linear layer's forward (and GPT-2's Conv1D); LoRA layers keep computing their low-rank part in fp32 on top.
+linear layer's forward (and GPT-2's Conv1D); LoRA layers keep computing their low-rank part in fp32 on top, except
+in batches whose rows all use one adapter: those read copies with the adapter merged in (`merge`, chosen by
+generate.RowMask), so a tuned column alone or a form's candidate lines cost what the base model costs.
 
 The copy rounds each weight to one of 255 levels of its row, and activations and results to bf16. With every
 product on the copies (ALWAYS, a bound) the bundled model's held-out loss moved by under 0.2 %
@@ -77,6 +79,30 @@ def int8_rows(weight: Any) -> tuple[Any, Any]:
     return values.round_().clamp_(-127, 127).to(torch.int8).contiguous(), scales
 
 
+class Copies:
+    """A layer's int8 copies: of its own weights (key None) and, per adapter merged in (`merge`), of its weights
+    plus that adapter's LoRA delta. `use` picks the one decode steps read."""
+
+    def __init__(self, values: Any, scales: Any, conv: bool) -> None:
+        self.by_key: dict[str | None, tuple[Any, Any]] = {None: (values, scales)}
+        self.conv = conv
+        self.key: str | None = None
+        self.values, self.scales = values, scales
+
+    def use(self, key: str | None) -> None:
+        self.key = key if key in self.by_key else None
+        self.values, self.scales = self.by_key[self.key]
+
+
+def is_step(x: Any) -> bool:
+    """Whether a layer's input takes the int8 copy: one position per row, at most MAX_ROWS rows (a decode step),
+    fp32, no autograd."""
+    import torch
+
+    return ((ALWAYS or (x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= MAX_ROWS))
+            and x.dtype == torch.float32 and not torch.is_grad_enabled())
+
+
 def quantize(model: Any) -> int:
     """Give every eligible layer of a CPU fp32 model an int8 copy for decode steps; returns how many layers.
 
@@ -86,36 +112,55 @@ def quantize(model: Any) -> int:
 
     count = 0
     for layer, out_in, conv in _layers(model):
-        values, scales = int8_rows(out_in)
+        copies = Copies(*int8_rows(out_in), conv)
         bias = layer.bias
-        out_features = values.shape[0]
+        out_features = out_in.shape[0]
 
         # the closure holds the weight, not the layer: a layer holding itself would wait for the cycle collector
-        def forward(x: Any, weight: Any = layer.weight, values: Any = values, scales: Any = scales,
-                    bias: Any = bias, conv: bool = conv, n: int = out_features) -> Any:
+        def forward(x: Any, weight: Any = layer.weight, copies: Copies = copies, bias: Any = bias, conv: bool = conv,
+                    n: int = out_features) -> Any:
             rows = x.reshape(-1, x.shape[-1])
-            step = ALWAYS or (x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= MAX_ROWS)  # a token per row
-            if not step or x.dtype != torch.float32 or torch.is_grad_enabled():
+            if not is_step(x):
                 if conv:  # Conv1D's own forward: x @ W + b with W stored (in, out)
                     return torch.addmm(bias, rows, weight).view(*x.shape[:-1], n)
                 return F.linear(x, weight, bias)
-            out = _mm(rows.to(torch.bfloat16).contiguous(), values, scales).float()
+            out = _mm(rows.to(torch.bfloat16).contiguous(), copies.values, copies.scales).float()
             if bias is not None:
                 out = out + bias
             return out.view(*x.shape[:-1], n)
 
         layer.forward = forward
-        layer.poetwb_int8 = True
+        layer.poetwb_int8 = copies
         count += 1
     return count
+
+
+def merge(lora_layer: Any, name: str) -> Copies | None:
+    """The int8 copies of a peft LoRA layer's base layer, with one of `name` merged in: W + scale·BA rounded to int8
+    as W alone is (made once, then kept: about a base copy's size per adapter). None when the base layer has no
+    int8 copies.
+
+    Rounding W + δ to 255 levels a row errs as much as rounding W does (δ moves the scale by little), so a tuned
+    decode step on the merged copy is as close to the exact tuned model as a base step is to the exact base model,
+    with no LoRA products at all (benchmarks/bench_decode.py prints the held-out loss of both)."""
+    import torch
+
+    copies = vars(lora_layer.base_layer).get("poetwb_int8")
+    if not isinstance(copies, Copies):
+        return None
+    if name not in copies.by_key:
+        with torch.no_grad():
+            weight = lora_layer.base_layer.weight + lora_layer.get_delta_weight(name)  # the base weight's layout
+            copies.by_key[name] = int8_rows(weight.t() if copies.conv else weight)
+    return copies
 
 
 def restore(model: Any) -> None:
     """Undo `quantize`: every layer computes with its fp32 weights again (and the int8 copies are freed)."""
     for layer in model.modules():
-        if vars(layer).pop("poetwb_int8", False):
+        if vars(layer).pop("poetwb_int8", None) is not None:
             vars(layer).pop("forward", None)
 
 
 def is_quantized(model: Any) -> bool:
-    return any(vars(layer).get("poetwb_int8", False) for layer in model.modules())
+    return any(vars(layer).get("poetwb_int8") is not None for layer in model.modules())

@@ -132,3 +132,62 @@ def test_cli_generate_names_the_int8_engine_and_fp32_stays_exact(tiny_gpt2, caps
     assert main(["generate", "-m", str(tiny_gpt2), "-p", "The sea", "-n", "4", "-t", "0", "--dtype", "fp32",
                  "--engine", "torch", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["engine"] == "torch"
+
+
+@needs_kernel
+def test_tuned_rows_alone_read_copies_with_the_adapter_merged_in(tiny_models, tmp_path, monkeypatch):
+    """A batch whose rows all use one adapter decodes on int8 copies of W + its LoRA delta: as close to the exact
+    tuned model as the base copies are to the exact base model, with no LoRA products; a mixed batch (side by
+    side) keeps the base copies, so its base row is the base model's; closing puts the base copies back."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
+                                LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = models.load(str(tiny_models["llama"]), adapter=tmp_path / "adapter", dtype="int8", device="cpu")
+    exact = models.load(str(tiny_models["llama"]), adapter=tmp_path / "adapter", dtype="fp32", device="cpu").model
+    model = loaded.model
+    ids = torch.randint(5, 60, (2, 6))
+    step = torch.randint(5, 60, (2, 1))
+
+    products: list[int] = []
+
+    def decode(m, count: bool = False):
+        with torch.inference_mode():
+            out = m(input_ids=ids, use_cache=True)
+            linear = torch.nn.functional.linear
+            if count:  # the decode step's fp32 products (int8 layers call the kernel instead)
+                monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: (products.append(1),
+                                                                                    linear(*a, **k))[1])
+            try:
+                return m(input_ids=step, past_key_values=out.past_key_values).logits[:, -1]
+            finally:
+                monkeypatch.setattr(torch.nn.functional, "linear", linear)
+
+    want_tuned = decode(exact)
+    with exact.disable_adapter():
+        want_base = decode(exact)
+    mask = generate.RowMask(model, ["default"])
+    try:
+        mask.whole("default")
+        copies = [vars(layer.base_layer)["poetwb_int8"] for layer in mask.patched]
+        assert copies and all(c.key == "default" for c in copies)
+        tuned = decode(model, count=True)
+        assert not products  # no LoRA product in the step
+        mask.rows([None, "default"])  # side by side: base copies, LoRA products on the tuned row only
+        assert all(c.key is None for c in copies)
+        mixed = decode(model, count=True)
+        assert len(products) == len(mask.patched)
+        mask.whole(None)
+        base = decode(model)
+    finally:
+        mask.close()
+    assert all(c.key is None for c in copies)
+    scale = want_tuned.abs().max().item()
+    torch.testing.assert_close(tuned, want_tuned, rtol=0.03, atol=0.03 * scale)
+    assert (tuned - want_tuned).abs().max() < 0.5 * (want_tuned - want_base).abs().max()  # the adapter is there
+    torch.testing.assert_close(mixed[0], base[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mixed[1], tuned[1], rtol=0.03, atol=0.03 * scale)
