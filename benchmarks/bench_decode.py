@@ -280,15 +280,17 @@ def int8_quality(loaded: object) -> None:
         int8.ALWAYS = False
     got = [torch_thread.call(greedy, p) for p in prompts]
     mask = generate.RowMask(model, generate.adapter_names(loaded))  # the tuned model on merged copies
-    mask.whole(generate.adapter_names(loaded)[-1])
-    int8.ALWAYS = True
     try:
-        merged = torch_thread.call(loss)
+        torch_thread.call(mask.whole, generate.adapter_names(loaded)[-1])
+        int8.ALWAYS = True
+        try:
+            merged = torch_thread.call(loss)
+        finally:
+            int8.ALWAYS = False
+        got_merged = [torch_thread.call(greedy, p) for p in prompts]
     finally:
-        int8.ALWAYS = False
-    got_merged = [torch_thread.call(greedy, p) for p in prompts]
-    mask.close()
-    int8.restore(model)
+        mask.close()
+        int8.restore(model)
 
     def agree(got: list) -> list[int]:
         return [next((i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b), len(w))

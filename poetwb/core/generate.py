@@ -91,9 +91,11 @@ def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig, proces
     chain = list(processors)
     vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") else None
     top_k = min(sampling.top_k, vocab) if vocab and sampling.top_k else sampling.top_k
+    own = model.generation_config
+    others = [a for a in _OTHER_WARPERS if getattr(own, a, None) not in (None, 1.0, 0.0)]
     if sampling.temperature == 0:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    elif top_k and FAST_SAMPLER:
+    elif top_k and FAST_SAMPLER and not others:  # a model asking for other warpers keeps transformers' sampling
         chain.append(sampler.make(sampling.temperature, top_k, sampling.top_p))
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -105,6 +107,8 @@ def generate_kwargs(tokenizer: Any, model: Any, sampling: SamplingConfig, proces
 
 FAST_SAMPLER = True
 """False: transformers' own sampling over the whole vocabulary (the path before, for benchmarks)."""
+_OTHER_WARPERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
+"""Sampling settings a model's generation_config may carry that core.sampler does not apply."""
 
 
 def stream_rows(
@@ -259,7 +263,7 @@ class RowMask:
     the base model; a tuned row equals peft's forward to float rounding (the scale is folded into B).
 
     On a model with int8 copies (core/int8.py), decode steps of a batch whose rows all use one adapter read copies
-    with that adapter merged in, and compute no LoRA products at all.
+    with that adapter merged in, and compute no LoRA products on those layers (prompts still do, on fp32 weights).
 
     `rows` sets the batch's layout (one entry per row: an adapter name or None); `whole` makes every row of any
     batch use one adapter (or none: the base layers alone), for form generation whose batches vary in size.
@@ -514,7 +518,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
     own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats
     try:
         if form is None:
-            mask.rows(layout)
+            torch_thread.call(mask.rows, layout)  # merging an adapter into int8 copies computes: the torch thread
             yield from stream_rows(loaded.model, loaded.tokenizer, [text] * len(layout), sampling, cancel, own)
             return
         form_stats = [forms.FormStats() for _ in layout]
@@ -524,8 +528,10 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
                    for c in range(len(layout))]
 
         def step(c: int, writer: Iterator[Any]) -> Any:
-            mask.whole(layout[c])
-            return torch_thread.call(next, writer, None)
+            def run() -> Any:
+                mask.whole(layout[c])
+                return next(writer, None)
+            return torch_thread.call(run)
 
         yield from forms.interleave(writers, form_stats, own, cancel, step)
     finally:

@@ -10,8 +10,9 @@ after a prompt, since generate keeps only the last position's logits) and its ow
 (a prompt's layers, rescoring passes, training): the fp32 weights stay, and a row's numbers do not depend on how
 many other rows share its batch. On a model, `quantize` patches every plain
 linear layer's forward (and GPT-2's Conv1D); LoRA layers keep computing their low-rank part in fp32 on top, except
-in batches whose rows all use one adapter: those read copies with the adapter merged in (`merge`, chosen by
-generate.RowMask), so a tuned column alone or a form's candidate lines cost what the base model costs.
+in the decode steps of batches whose rows all use one adapter: those read copies with the adapter merged in
+(`merge`, chosen by generate.RowMask), so a tuned column alone or a form's candidate lines compute no LoRA products
+on these layers (prompts and rescoring passes still do, on the fp32 weights).
 
 The copy rounds each weight to one of 255 levels of its row, and activations and results to bf16. With every
 product on the copies (ALWAYS, a bound) the bundled model's held-out loss moved by under 0.2 %
@@ -87,11 +88,12 @@ class Copies:
         self.by_key: dict[str | None, tuple[Any, Any]] = {None: (values, scales)}
         self.conv = conv
         self.key: str | None = None
-        self.values, self.scales = values, scales
+        self.pair = (values, scales)
+        """(int8 values, bf16 scales) of the copy decode steps read now; one attribute, swapped in one store."""
 
     def use(self, key: str | None) -> None:
-        self.key = key if key in self.by_key else None
-        self.values, self.scales = self.by_key[self.key]
+        key = key if key in self.by_key else None
+        self.pair, self.key = self.by_key[key], key
 
 
 def is_step(x: Any) -> bool:
@@ -124,7 +126,7 @@ def quantize(model: Any) -> int:
                 if conv:  # Conv1D's own forward: x @ W + b with W stored (in, out)
                     return torch.addmm(bias, rows, weight).view(*x.shape[:-1], n)
                 return F.linear(x, weight, bias)
-            out = _mm(rows.to(torch.bfloat16).contiguous(), copies.values, copies.scales).float()
+            out = _mm(rows.to(torch.bfloat16).contiguous(), *copies.pair).float()
             if bias is not None:
                 out = out + bias
             return out.view(*x.shape[:-1], n)

@@ -135,20 +135,21 @@ def test_cli_generate_names_the_int8_engine_and_fp32_stays_exact(tiny_gpt2, caps
 
 
 @needs_kernel
-def test_tuned_rows_alone_read_copies_with_the_adapter_merged_in(tiny_models, tmp_path, monkeypatch):
-    """A batch whose rows all use one adapter decodes on int8 copies of W + its LoRA delta: as close to the exact
-    tuned model as the base copies are to the exact base model, with no LoRA products; a mixed batch (side by
-    side) keeps the base copies, so its base row is the base model's; closing puts the base copies back."""
+@pytest.mark.parametrize("kind,targets", [("llama", ["q_proj", "v_proj", "down_proj"]), ("gpt2", ["c_attn", "c_fc"])])
+def test_tuned_rows_alone_read_copies_with_the_adapter_merged_in(tiny_models, tmp_path, monkeypatch, kind, targets):
+    """A batch whose rows all use one adapter decodes on int8 copies of W + its LoRA delta (GPT-2's Conv1D too):
+    as close to the exact tuned model as the base copies are to the exact base model, with no LoRA products; a
+    mixed batch (side by side) keeps the base copies, so its base row is the base model's; closing puts the base
+    copies back."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
-                                LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models[kind]),
+                                LoraConfig(r=8, target_modules=targets, init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
-    loaded = models.load(str(tiny_models["llama"]), adapter=tmp_path / "adapter", dtype="int8", device="cpu")
-    exact = models.load(str(tiny_models["llama"]), adapter=tmp_path / "adapter", dtype="fp32", device="cpu").model
+    loaded = models.load(str(tiny_models[kind]), adapter=tmp_path / "adapter", dtype="int8", device="cpu")
+    exact = models.load(str(tiny_models[kind]), adapter=tmp_path / "adapter", dtype="fp32", device="cpu").model
     model = loaded.model
     ids = torch.randint(5, 60, (2, 6))
     step = torch.randint(5, 60, (2, 1))
