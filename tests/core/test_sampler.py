@@ -73,7 +73,8 @@ def test_draws_follow_the_distribution_and_a_seed_repeats_them():
 
 def test_generation_samples_through_it_and_greedy_stays_plain(tiny_models):
     """Sampling with top-k on goes through the sampler (test_generate checks that a seed gives one poem);
-    temperature 0 is plain greedy; top-k off keeps transformers' sampling."""
+    temperature 0 is plain greedy; top-k off, or a model whose generation_config asks for min-p and the like,
+    keeps transformers' sampling."""
     from poetwb.core import models
 
     loaded = models.load(str(tiny_models["llama"]), dtype="fp32")
@@ -83,3 +84,6 @@ def test_generation_samples_through_it_and_greedy_stays_plain(tiny_models):
     assert greedy["do_sample"] is False and "logits_processor" not in greedy
     off = generate.generate_kwargs(loaded.tokenizer, loaded.model, SamplingConfig(top_k=0))
     assert off["do_sample"] is True and "logits_processor" not in off
+    loaded.model.generation_config.min_p = 0.1  # a model asking for a warper the sampler does not apply
+    own = generate.generate_kwargs(loaded.tokenizer, loaded.model, SamplingConfig(top_k=40))
+    assert own["do_sample"] is True and "logits_processor" not in own
