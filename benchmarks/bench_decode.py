@@ -272,24 +272,26 @@ def int8_quality(loaded: object) -> None:
     prompts = [PROMPT, "Write a poem about the sea and the sky"]
     exact = torch_thread.call(loss)
     want = [torch_thread.call(greedy, p) for p in prompts]
-    torch_thread.call(int8.quantize, model)
-    int8.ALWAYS = True
-    try:
-        quant = torch_thread.call(loss)
-    finally:
-        int8.ALWAYS = False
-    got = [torch_thread.call(greedy, p) for p in prompts]
-    mask = generate.RowMask(model, generate.adapter_names(loaded))  # the tuned model on merged copies
-    try:
-        torch_thread.call(mask.whole, generate.adapter_names(loaded)[-1])
+
+    def on_copies() -> tuple[float, list[list[int]]]:
+        """The held-out loss with every product on the copies (a bound), and the greedy tokens."""
         int8.ALWAYS = True
         try:
-            merged = torch_thread.call(loss)
+            value = torch_thread.call(loss)
         finally:
             int8.ALWAYS = False
-        got_merged = [torch_thread.call(greedy, p) for p in prompts]
+        return value, [torch_thread.call(greedy, p) for p in prompts]
+
+    torch_thread.call(int8.quantize, model)
+    try:
+        quant, got = on_copies()  # peft's forward: base copies + LoRA in fp32
+        mask = generate.RowMask(model, generate.adapter_names(loaded))
+        try:
+            torch_thread.call(mask.whole, generate.adapter_names(loaded)[-1])
+            merged, got_merged = on_copies()  # the adapter merged into the copies
+        finally:
+            mask.close()
     finally:
-        mask.close()
         int8.restore(model)
 
     def agree(got: list) -> list[int]:
