@@ -357,10 +357,10 @@ class RowMask:
         needed), None when none is (no LoRA product at all)."""
         import torch
 
-        flat = [v for row in rows for v in (row if isinstance(row, list) else [row])]
-        if not any(flat):
+        mask = torch.tensor(rows, device=self.device, dtype=self.dtype)
+        if not mask.any():
             return None  # no row uses an adapter: the base layers alone
-        return ALL if all(flat) else torch.tensor(rows, device=self.device, dtype=self.dtype)
+        return ALL if mask.all() else mask
 
     def rows(self, layout: list[str | None]) -> None:
         import torch
@@ -373,7 +373,7 @@ class RowMask:
     def whole(self, name: str | None) -> None:
         self.masks = {n: float(n == name) for n in self.names}
         for ranks in self.rank_masks:
-            self.rank_masks[ranks] = None if name is None else self._rank_mask(self._components(ranks, name))
+            self.rank_masks[ranks] = self._rank_mask(self._components(ranks, name))
         self._merged(name)
 
     def _merged(self, name: str | None) -> None:
