@@ -5,10 +5,12 @@ given), every path decodes the same prompt with the report's sampling (0.7 / 0.9
 tokens (end of text is held off with min_new_tokens, so every row runs every step):
 - plain transformers `generate` on the base model alone, one row (the reference),
 - poetwb's one-pass side by side (base row + tuned row in one batch) and two sequential calls (base, then tuned),
-  each with the lean path (lean LoRA row mask + few-row linear layers, generation on the torch thread that loaded the
-  model) and with the path before it (peft's forward with an output mask, the plain head, a new thread per call),
+  each with the lean path (lean LoRA row mask + few-row linear layers + core.lean_step's decode step, generation on
+  the torch thread that loaded the model) and with the path before it (peft's forward with an output mask, the
+  plain head, transformers' modules, a new thread per call),
 - a batch of 8 rows of the tuned model against one row (form generation's k candidates),
-- the same legs with int8 copies of the weights (core/int8.py, dtype auto on CPUs without native bf16), and what
+- the same legs with int8 copies of the weights (core/int8.py, dtype auto on CPUs without native bf16), the lean
+  decode step against transformers' per-layer modules on them (one pass, 8 rows), and what
   the copies cost: held-out loss against exact, and greedy tokens that agree with exact,
 - where llama-cpp-python is installed, the llama.cpp engine on the bundled GGUF with the same adapter as a GGUF
   adapter: one column, side by side, two sequential calls (end of text held off with a logit bias).
@@ -54,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from poetwb.core import generate, int8, models, torch_thread
+    from poetwb.core import generate, int8, lean_step, models, torch_thread
     from poetwb.core.config import SamplingConfig
 
     print(cpu_header(), flush=True)
@@ -93,10 +95,14 @@ def main() -> None:
     can_int8 = int8.available() and dtype == torch.float32
 
     def on_int8(fn: object) -> object:
-        """The same leg with int8 copies of the weights (what dtype auto loads on a CPU without native bf16)."""
+        """The same leg with int8 copies of the weights (what dtype auto loads on a CPU without native bf16); the
+        adapter's merged copies are made before the clock starts, as a session makes them once and keeps them."""
         def run() -> float:
             for m in (loaded.model, plain.model):
                 torch_thread.call(int8.quantize, m)
+            mask = generate.RowMask(loaded.model, [name])
+            torch_thread.call(mask.whole, name)
+            mask.close()
             try:
                 return fn()  # type: ignore[operator]
             finally:
@@ -108,12 +114,22 @@ def main() -> None:
         def run() -> float:
             generate.RowMask.LEAN = lean
             generate.FewRows.MAX_ROWS = 16 if lean else 0
-            generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = lean
+            generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = lean_step.ENABLED = lean
             try:
                 return fn()  # type: ignore[operator]
             finally:
                 generate.RowMask.LEAN, generate.FewRows.MAX_ROWS = True, 16
-                generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = True
+                generate.ON_TORCH_THREAD = generate.FAST_SAMPLER = lean_step.ENABLED = True
+        return run
+
+    def modules(fn: object) -> object:
+        """The lean path, but decode steps go through transformers' per-layer modules (no core.lean_step)."""
+        def run() -> float:
+            lean_step.ENABLED = False
+            try:
+                return fn()  # type: ignore[operator]
+            finally:
+                lean_step.ENABLED = True
         return run
 
     def products(fn: object) -> object:
@@ -140,9 +156,11 @@ def main() -> None:
         paths.update({
             "plain generate, int8, 1 row": on_int8(plain_generate),
             "one pass, int8": on_int8(lambda: columns([None, name])),
+            "one pass, int8, modules": on_int8(modules(lambda: columns([None, name]))),
             "two calls, int8": on_int8(lambda: columns([None]) + columns([name])),
             "tuned 1 row, int8": on_int8(lambda: columns([name])),
             "tuned 8 rows, int8": on_int8(lambda: columns([name] * 8)),
+            "tuned 8 rows, int8, modules": on_int8(modules(lambda: columns([name] * 8))),
             "tuned 1 row, int8 products": on_int8(products(lambda: columns([name]))),
             "tuned 8 rows, int8 products": on_int8(products(lambda: columns([name] * 8))),
         })
@@ -220,6 +238,9 @@ def main() -> None:
         print(f"int8 copies, tuned rows on copies with the adapter merged / base copies + LoRA products, time: "
               f"1 row {best['tuned 1 row, int8'] / best['tuned 1 row, int8 products']:.2f}x, 8 rows "
               f"{best['tuned 8 rows, int8'] / best['tuned 8 rows, int8 products']:.2f}x", flush=True)
+        print(f"int8 copies, lean decode step / transformers' modules, time: one pass "
+              f"{best['one pass, int8'] / best['one pass, int8, modules']:.2f}x, 8 rows "
+              f"{best['tuned 8 rows, int8'] / best['tuned 8 rows, int8, modules']:.2f}x", flush=True)
         int8_quality(loaded)
     if engine is not None:  # its columns decode in turn: a one-pass step is one token of every column
         print(f"llama.cpp engine ({engine.n_threads} threads, {engine.base.name}): side by side, tokens/s per "

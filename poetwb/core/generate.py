@@ -424,6 +424,8 @@ class FewRows:
     new token per row) of 2-16 rows take this path; one row, prefill and training keep the plain layer, so a single
     stream is bit-identical to plain `generate` and a batch differs only in float rounding order.
     A context manager: the layers' own forward comes back on exit; nested uses are no-ops; GPUs keep their kernels.
+    It also gives a Llama-family model core.lean_step's decode step (bit-identical logits, no per-layer module
+    calls) for the same time.
     """
 
     MAX_ROWS = 16
@@ -431,13 +433,19 @@ class FewRows:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.layers: list[Any] = []
+        self.undo_step: Any = None
 
     def __enter__(self) -> FewRows:
         import torch
         import torch.nn.functional as F
 
+        from poetwb.core import lean_step
+
         first = next(self.model.parameters(), None)
-        if first is None or first.device.type != "cpu" or self.MAX_ROWS < 2:
+        if first is None or first.device.type != "cpu":
+            return self
+        self.undo_step = lean_step.patch(self.model)  # decode steps of Llama models without per-layer module calls
+        if self.MAX_ROWS < 2:
             return self
         limit = self.MAX_ROWS
         for layer in self.model.modules():
@@ -460,6 +468,9 @@ class FewRows:
         for layer in self.layers:
             vars(layer).pop("forward", None)
         self.layers.clear()
+        if self.undo_step is not None:
+            self.undo_step()
+            self.undo_step = None
 
 
 def _is_plain_linear(module: Any) -> bool:
