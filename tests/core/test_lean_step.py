@@ -31,7 +31,7 @@ def _step_logits(model, ids, mask, step):
                              use_cache=True).logits
 
 
-def _lean_equals_transformers(model, masks, steps_through_modules=0):
+def _lean_equals_transformers(model, masks):
     """Each mask's prompt and decode step give the same logits, bit for bit, with the lean step as without; returns
     how often the first layer's module ran under the lean step, beyond the prompts."""
     import torch
