@@ -88,6 +88,10 @@ def ensure_converted(progress: ConvertProgress | None = None) -> Path:
 
 def _convert(gguf: Path, target: Path, progress: ConvertProgress) -> None:
     import torch
+
+    from poetwb.core import imports
+
+    imports.ready()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poetwb.core import bundled, paths, torch_thread
+from poetwb.core import bundled, imports, paths, torch_thread
 from poetwb.core.errors import PoetError, first_line
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def is_causal_lm(config: dict[str, Any]) -> bool:
     archs = config.get("architectures") or []
     if archs:
         return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    imports.ready()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -97,6 +98,7 @@ def is_causal_lm(config: dict[str, Any]) -> bool:
 
 def shape_from_config(config: dict[str, Any]) -> Shape:
     """Count parameters by building the model on the meta device: exact, and no weights are read."""
+    imports.ready()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -345,6 +347,7 @@ def load(
     measured speed and loss). "fp32" is exact; "int8" asks for the copies on any CPU that offers them.
     Loading runs on the torch thread, where generation runs too (core/torch_thread.py says why).
     """
+    imports.ready()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -470,6 +473,7 @@ def resolve_adapter(adapter: str | Path, allow_pickle: bool = False) -> Path:
 
 def attach_adapter(model: Any, adapter_path: Path, model_id: str, name: str = "default", first: bool = True) -> Any:
     """Attach a LoRA adapter to a base model (first) or to a PeftModel that already has others."""
+    imports.ready(peft=True)
     from peft import PeftModel
 
     try:

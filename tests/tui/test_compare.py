@@ -277,3 +277,35 @@ async def test_the_exact_torch_engine_is_one_select_away_and_the_footers_say_whi
             (key, loaded), = [held for engine, held in app._models.items() if engine == "torch"]
             assert key[-1] == ("fp32" if value == TORCH_FP32 else "auto")
             assert int8.is_quantized(loaded.model) == (want == "torch int8")
+
+
+async def test_streamed_text_shows_within_a_paint_and_each_new_line_grows_the_column(tiny_models, settle):
+    """Chunks are painted together every PAINT_EVERY seconds; the screen is laid out again only when the poem takes
+    another line, and then the column grows to hold it (no line is cut off); the end shows everything at once."""
+    from textual.widgets import Static
+
+    from poetwb.tui.panes.compare import PAINT_EVERY, ColumnChunk, GenerationEnded
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot)
+        pane = app.query_one("#compare-pane")
+        pane.last = {"prompt": "", "mode": "instruct", "sampling": {}}  # as a generation in instruction mode sets it
+        static = columns(app)[0].query_one(".column-text", Static)
+        sent, heights = "", []
+        for i in range(60):  # a line of words at a time, some lines longer than the column: they wrap
+            chunk = ("wave " * (3 + i % 25)).strip() + "\n"
+            pane.post_message(ColumnChunk(pane.gen, 0, chunk))
+            sent += chunk
+            if i % 6 == 5:
+                await pilot.pause(PAINT_EVERY * 1.5)
+                await pilot.pause()
+                assert str(static.visual) == sent.strip("\n")
+                wrapped = static.visual.get_height(static.styles, static.content_region.width)
+                assert static.size.height == wrapped, "the column did not grow with the poem's lines"
+                heights.append(wrapped)
+        assert heights == sorted(heights) and heights[-1] > len(sent.splitlines())  # grew, with wrapped lines
+        pane.post_message(ColumnChunk(pane.gen, 1, "the last words"))
+        pane.post_message(GenerationEnded(pane.gen, []))
+        await pilot.pause()
+        assert str(columns(app)[1].query_one(".column-text", Static).visual) == "the last words"

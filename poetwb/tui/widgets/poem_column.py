@@ -7,6 +7,9 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Button, Label, Static
 
+LAYOUT_ON_NEW_LINES_ONLY = True
+"""False: every update of a streaming poem lays the screen out again (the path before, for benchmarks)."""
+
 
 class PoemColumn(Vertical):
     """A poem column bound to one model column (`model_index`: 0 is the first model of the layout)."""
@@ -53,8 +56,20 @@ class PoemColumn(Vertical):
         return self._text
 
     def set_text(self, text: str) -> None:
+        """Show the poem so far. While it streams, the screen is laid out again only when the poem takes another
+        line: a layout re-flows every widget on the screen, and on 2 cores doing that for each token slowed the
+        decode beside it (benchmarks/bench_tui_stream.py); a token that stays on its line only repaints."""
         self._text = text
-        self._show(".column-text", text)
+        found = self.query(".column-text")
+        if not found:
+            return
+        static = found.first(Static)
+        width = static.content_region.width
+        lines = static.visual.get_height(static.styles, width) if width else -1
+        static.update(text, layout=False)
+        if not (width and LAYOUT_ON_NEW_LINES_ONLY) or static.visual.get_height(static.styles, width) != lines:
+            static.clear_cached_dimensions()
+            static.refresh(layout=True)
 
     def set_footer(self, text: str) -> None:
         self._footer = text
