@@ -27,7 +27,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from poetwb.core import bundled, paths, runs
+from poetwb.core import bundled, imports, paths, runs
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_dir
@@ -193,6 +193,7 @@ def export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None =
                         f"({', '.join(base_config.get('architectures') or [])}); supported: Llama-shaped and "
                         "GPT-2 models. Use --format hf")
     if fmt != "hf":  # a tokenizer GGUF cannot describe is said before the weights load
+        imports.ready()
         from transformers import AutoTokenizer
 
         check_tokenizer(AutoTokenizer.from_pretrained(base_folder))

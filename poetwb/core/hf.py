@@ -21,6 +21,9 @@ def ensure_pad(tokenizer: Any) -> Any:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """The tokenizer in a model folder, with a pad token (ensure_pad)."""
+    from poetwb.core import imports
+
+    imports.ready()
     from transformers import AutoTokenizer
 
     return ensure_pad(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))

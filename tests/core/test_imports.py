@@ -18,10 +18,10 @@ def catalogue():
     except Exception as exc:
         errors.append(f"catalogue: {type(exc).__name__}: {exc}")
 def load():
-    from poetwb.core import imports
+    from poetwb.core import models
     start.wait()
     try:
-        imports.ready()  # what models.load does first
+        models.is_causal_lm({"model_type": "llama"})  # a model's check before it loads: transformers' first use
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
     except Exception as exc:
         errors.append(f"load: {type(exc).__name__}: {exc}")
@@ -33,8 +33,9 @@ print(errors or "ok")
 
 
 def test_two_threads_first_importing_transformers_at_once_both_succeed():
-    """Without the lock this failed in most runs here with "cannot import name 'AutoConfig' from 'transformers'"
-    (the Compare pane's first Generate failed the same way), in a fresh process as the workbench starts."""
+    """Without the lock this failed in 3 runs of 4 here with "cannot import name 'AutoConfig' from 'transformers'"
+    (the Compare pane's first Generate failed the same way), in a fresh process as the workbench starts. A race:
+    a broken lock fails this test most of the time, not every time."""
     out = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "ok"

@@ -28,7 +28,7 @@ TORCH_FP32 = "torch-fp32"
 """The engine select's exact torch: fp32 weights, no int8 copies (core/int8.py)."""
 SEED_MAX = 2**63 - 1
 PAINT_EVERY = 0.2
-"""Seconds between the worker's posts of streamed text and between repaints of the columns; chunks that arrive in
+"""Seconds between the worker's posts of streamed text (so between repaints of the columns); chunks that arrive in
 between are shown together. Posting and painting every token (two columns at ~10 tokens/s each) re-laid the screen
 ~20 times a second, and on 2 cores that UI work took a core from the decode: measured here (AVX2-only EPYC, torch
 int8, bundled model + adapter, one process) 7.0-7.3 tokens/s per column in the pane against 10.6-11.2 for the same
@@ -131,9 +131,6 @@ class ComparePane(WorkerErrors, Vertical):
         self.streaming = False
         self.stop = threading.Event()
         self._engine_hint_shown = False
-        self._unpainted: set[int] = set()
-        """Model columns whose streamed text is not on screen yet (painted every PAINT_EVERY seconds)."""
-        self._paint_timer: Any = None
 
     def compose(self) -> ComposeResult:
         from poetwb.core import forms
@@ -346,7 +343,6 @@ class ComparePane(WorkerErrors, Vertical):
     def show_columns(self, cols: list[ModelColumn], shuffle: bool = False) -> None:
         """Replace the columns: one per model, in display order (random while a blind pair hides its labels)."""
         self.cols = cols
-        self._unpainted.clear()  # the replaced columns' text is gone with them
         self.order = list(range(len(cols)))
         if shuffle:
             random.shuffle(self.order)
@@ -413,25 +409,13 @@ class ComparePane(WorkerErrors, Vertical):
         if event.gen != self.gen or event.column >= len(self.cols):
             return  # a replaced generation's late text
         self.cols[event.column].text += event.text
-        self._unpainted.add(event.column)
-        if PAINT_EVERY <= 0:  # every chunk as it comes (the path before, for benchmarks)
-            self.paint_columns()
-        elif self._paint_timer is None:
-            self._paint_timer = self.set_timer(PAINT_EVERY, self.paint_columns)
-
-    def paint_columns(self) -> None:
-        """Show the text that streamed into the columns since the last paint."""
-        self._paint_timer = None
-        for index in sorted(self._unpainted):
-            if index < len(self.cols) and (widget := self._widget(index)) is not None:
-                widget.set_text(self.shown(index))
-        self._unpainted.clear()
+        if (widget := self._widget(event.column)) is not None:
+            widget.set_text(self.shown(event.column))  # columns' messages that arrive together share one layout
 
     @on(GenerationEnded)
     def generation_ended(self, event: GenerationEnded) -> None:
         if event.gen != self.gen:
             return
-        self.paint_columns()
         self.streaming = False
         self.last["sampling"]["engine"] = event.engine  # kept with a saved poem and a vote: which engine wrote it
         if event.error:

@@ -68,7 +68,6 @@ class PoemColumn(Vertical):
         lines = static.visual.get_height(static.styles, width) if width else -1
         static.update(text, layout=False)
         if not (width and LAYOUT_ON_NEW_LINES_ONLY) or static.visual.get_height(static.styles, width) != lines:
-            static.clear_cached_dimensions()
             static.refresh(layout=True)
 
     def set_footer(self, text: str) -> None:
