@@ -94,12 +94,18 @@ def main() -> None:
 
     can_int8 = int8.available() and dtype == torch.float32
 
-    def on_int8(fn: object) -> object:
-        """The same leg with int8 copies of the weights (what dtype auto loads on a CPU without native bf16); the
+    def on_int8(fn: object, four: bool = True) -> object:
+        """The same leg with int8 copies of the weights (what dtype auto loads on a CPU without native bf16: 4-bit
+        copies of the layers whose weights sit on a 4-bit grid; four=False: int8 everywhere, the path before); the
         adapter's merged copies are made before the clock starts, as a session makes them once and keeps them."""
         def run() -> float:
-            for m in (loaded.model, plain.model):
-                torch_thread.call(int8.quantize, m)
+            offered = int8._four_bits
+            int8._four_bits = offered if four else (lambda: False)
+            try:
+                for m in (loaded.model, plain.model):
+                    torch_thread.call(int8.quantize, m)
+            finally:
+                int8._four_bits = offered
             mask = generate.RowMask(loaded.model, [name])
             torch_thread.call(mask.whole, name)
             mask.close()
@@ -163,6 +169,9 @@ def main() -> None:
             "tuned 8 rows, int8, modules": on_int8(modules(lambda: columns([name] * 8))),
             "tuned 1 row, int8 products": on_int8(products(lambda: columns([name]))),
             "tuned 8 rows, int8 products": on_int8(products(lambda: columns([name] * 8))),
+            "plain generate, int8 only, 1 row": on_int8(plain_generate, four=False),
+            "one pass, int8 only": on_int8(lambda: columns([None, name]), four=False),
+            "two calls, int8 only": on_int8(lambda: columns([None]) + columns([name]), four=False),
         })
     from poetwb.core import llamacpp
 
@@ -235,6 +244,15 @@ def main() -> None:
               f"row: {n / best['plain generate, int8, 1 row']:.1f}); one pass / two sequential calls: "
               f"{best['one pass, int8'] / best['two calls, int8']:.2f}x; batch of 8 / one row, adapter on: "
               f"{best['tuned 8 rows, int8'] / best['tuned 1 row, int8']:.2f}x", flush=True)
+        torch_thread.call(int8.quantize, loaded.model)
+        kinds = [vars(m)["poetwb_int8"].by_key[None][0] for m in loaded.model.modules() if "poetwb_int8" in vars(m)]
+        int8.restore(loaded.model)
+        print(f"copies: {kinds.count(4)} layers 4-bit (weights on a 4-bit grid), {kinds.count(8)} int8; 4-bit where "
+              f"exact / int8 only, time: one pass {best['one pass, int8'] / best['one pass, int8 only']:.2f}x, "
+              f"plain generate 1 row "
+              f"{best['plain generate, int8, 1 row'] / best['plain generate, int8 only, 1 row']:.2f}x; "
+              f"int8 only: side by side {n / best['one pass, int8 only']:.1f} tokens/s per column, one pass / two "
+              f"calls {best['one pass, int8 only'] / best['two calls, int8 only']:.2f}x", flush=True)
         print(f"int8 copies, tuned rows on copies with the adapter merged / base copies + LoRA products, time: "
               f"1 row {best['tuned 1 row, int8'] / best['tuned 1 row, int8 products']:.2f}x, 8 rows "
               f"{best['tuned 8 rows, int8'] / best['tuned 8 rows, int8 products']:.2f}x", flush=True)

@@ -565,13 +565,14 @@ def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base
 
 
 def engine_name(runner: Any) -> str:
-    """How footers, --json and saved poems name the engine of a loaded model: llama.cpp, torch, or torch int8
-    (decode steps on int8 copies of the weights, core/int8.py)."""
+    """How footers, --json and saved poems name the engine of a loaded model: llama.cpp, torch, or torch int8 /
+    int4 / int4/int8 (decode steps on int8 or 4-bit copies of the weights, core/int8.py)."""
     from poetwb.core import int8, llamacpp
 
     if isinstance(runner, llamacpp.Engine):
         return runner.name
-    return "torch int8" if int8.is_quantized(runner.model) else "torch"
+    widths = int8.bits(runner.model)
+    return "torch " + "/".join(f"int{b}" for b in sorted(widths)) if widths else "torch"
 
 
 def side_by_side(loaded: Any, prompt: str, sampling: SamplingConfig, instruct: bool = False,

@@ -1,6 +1,7 @@
 """Int8 copies of the weights for decode steps (core/int8.py): close to fp32, used only where they pay, chosen by
 dtype auto on CPUs without native bf16, never for held-out losses."""
 
+import copy
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def test_an_int8_model_keeps_lora_in_fp32_and_decodes_like_plain_generate(tiny_m
     patched = {n for n, m in loaded.model.named_modules() if vars(m).get("poetwb_int8")}
     assert any(n.endswith("q_proj.base_layer") for n in patched) and any(n.endswith("lm_head") for n in patched)
     assert not [n for n in patched if "lora_" in n]
-    assert generate.engine_name(loaded) == "torch int8"
+    assert generate.engine_name(loaded) == "torch int8" and int8.bits(loaded.model) == {8}  # off a 4-bit grid
 
     s = SamplingConfig(max_new_tokens=10, temperature=0, seed=0)
     enc = loaded.tokenizer("The sea", return_tensors="pt")
@@ -192,3 +193,46 @@ def test_tuned_rows_alone_read_copies_with_the_adapter_merged_in(tiny_models, tm
     assert (tuned - want_tuned).abs().max() < 0.5 * (want_tuned - want_base).abs().max()  # the adapter is there
     torch.testing.assert_close(mixed[0], base[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(mixed[1], tuned[1], rtol=0.03, atol=0.03 * scale)
+
+
+@needs_kernel
+def test_weights_on_a_4bit_grid_get_4bit_copies_that_read_the_model_closer_than_int8(tiny_models, tmp_path,
+                                                                                      monkeypatch):
+    """A model converted from a 4-bit GGUF (the bundled SmolLM2 is Q4_1) has weights on 16 levels per 32 inputs:
+    its layers get 4-bit copies, decode steps go through the 4-bit kernel, and a step's logits come closer to
+    fp32 than with int8 copies; the head, off the grid, keeps int8; the footer names both."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with torch.no_grad():  # Q4_1: per block of 32 inputs, w = minimum + scale * q, q in 0..15
+        for name, layer in model.named_modules():
+            if type(layer) is torch.nn.Linear and name != "lm_head":
+                out_f, in_f = layer.weight.shape
+                blocks = layer.weight.view(out_f, in_f // 32, 32)
+                low = blocks.amin(-1, keepdim=True)
+                scale = (blocks.amax(-1, keepdim=True) - low) / 15
+                layer.weight.copy_((low + scale * ((blocks - low) / scale).round()).view(out_f, in_f))
+    model.save_pretrained(tmp_path / "q4")
+    AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(tmp_path / "q4")
+
+    exact = models.load(str(tmp_path / "q4"), dtype=models.EXACT, device="cpu")
+    four = models.load(str(tmp_path / "q4"), dtype="int8", device="cpu")
+    assert int8.bits(four.model) == {4, 8} and generate.engine_name(four) == "torch int4/int8"
+    heads = {n: vars(m)["poetwb_int8"].by_key[None][0] for n, m in four.model.named_modules()
+             if "poetwb_int8" in vars(m)}
+    assert heads.pop("lm_head") == 8 and set(heads.values()) == {4} and len(heads) == 14
+    monkeypatch.setattr(int8, "_four_bits", lambda: False)
+    eight = models.load(str(tmp_path / "q4"), dtype="int8", device="cpu")
+    assert int8.bits(eight.model) == {8}
+
+    calls = []
+    kernel = int8._mm
+    monkeypatch.setattr(int8, "_mm", lambda *a: (calls.append(a[1][0]), kernel(*a))[1])
+    ids = torch.tensor([[5, 9, 3, 7]] * 2)
+    with torch.inference_mode():  # one decode step after a 3-token prompt, up to the last hidden state
+        cache = exact.model(ids[:, :-1], use_cache=True).past_key_values
+        want, got4, got8 = (m.model.model(ids[:, -1:], past_key_values=copy.deepcopy(cache)).last_hidden_state
+                            for m in (exact, four, eight))
+    assert calls.count(4) == 14 and calls.count(8) == 14  # every layer, on the 4-bit model and on the int8 one
+    err4, err8 = (got4 - want).norm().item(), (got8 - want).norm().item()
+    assert err4 < err8 / 2, (err4, err8)
