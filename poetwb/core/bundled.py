@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from poetwb.core import paths
+from poetwb.core import imports, paths
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_dir, exclusive_lock, remove_stale_temps
 
@@ -88,8 +88,6 @@ def ensure_converted(progress: ConvertProgress | None = None) -> Path:
 
 def _convert(gguf: Path, target: Path, progress: ConvertProgress) -> None:
     import torch
-
-    from poetwb.core import imports
 
     imports.ready()
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from poetwb.core import data, runs
+from poetwb.core import data, imports, runs
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import atomic_write_json
 
@@ -73,8 +73,6 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
 def load_run_model(folder: Path, progress: Progress | None = None, dtype: str = "auto") -> tuple[Any, Any, list[str]]:
     """The run's base model with every finished stage's adapter attached (named stage1 / stage2); dtype as
     models.load (held-out losses ask for models.EXACT: no int8 copies)."""
-    from poetwb.core import imports
-
     imports.ready(peft=True)
     from peft import PeftModel
 

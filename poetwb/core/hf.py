@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from poetwb.core import imports
 from poetwb.core.config import LoraSettings
 
 
@@ -21,8 +22,6 @@ def ensure_pad(tokenizer: Any) -> Any:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """The tokenizer in a model folder, with a pad token (ensure_pad)."""
-    from poetwb.core import imports
-
     imports.ready()
     from transformers import AutoTokenizer
 
