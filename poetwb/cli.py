@@ -156,7 +156,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _eprint(_form_line(text, form, stats[0]))
     elif args.verbose:
         _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s "
-                f"({stats[0].tokens_per_s:.1f} tokens/s, {engine_name}, {stats[0].reason})")
+                f"({stats[0].tokens_per_s:.1f} tokens/s, {stats[0].by(engine_name)}, {stats[0].reason})")
     if args.save:
         (pid,) = _save_poems(args, [(text, adapter)], model_id, sampling, form, engine_name)
         _eprint(f"saved as poem {pid} in the library (`poetwb poems list`)")
@@ -471,7 +471,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     panels = []
     for label, text, st in zip(labels, texts, stats, strict=True):
-        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s · {engine_name}"
+        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s · {st.by(engine_name)}"
         panels.append(Panel(text, title=label, subtitle=foot))
     Console().print(Columns(panels, equal=True, expand=True))
     if form is not None:

@@ -47,6 +47,7 @@ def test_generate_json_reports_the_decode_speed_and_why_it_stopped(tiny_gpt2, ca
     assert out["schema"] == 1 and out["form"] == "free" and out["text"].startswith("The sea")
     assert out["stop_reason"] in {"end of text", "max tokens"} and out["seconds"] > 0
     assert out["tokens_per_s"] == pytest.approx(out["new_tokens"] / out["seconds"], rel=0.05)
+    assert 1 <= out["threads"] <= out["threads_alone"]
 
 
 def test_generate_in_a_form_prints_the_poem_and_what_it_achieved(tiny_gpt2, capsys):

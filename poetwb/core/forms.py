@@ -668,14 +668,15 @@ def write(lm: LineModel, prompt_text: str, form: Form, sampling: SamplingConfig,
 
 
 def interleave(writers: list[Iterator[PoemLine]], form_stats: list[FormStats], stats: list[Any],
-               cancel: threading.Event | None, step: Any = None) -> Iterator[tuple[int, str]]:
+               cancel: threading.Event | None, step: Any = None, threads: Any = None) -> Iterator[tuple[int, str]]:
     """Columns of form poems written a line each in turn: yield (column, chunk), a chunk being a whole line with
     its newline (two at a stanza break). stats gets each column's generate.RowStats as lines come; `step(c, writer)`
-    produces a column's next line (None at its end), by default next(writer, None)."""
+    produces a column's next line (None at its end), by default next(writer, None); threads (cpu_share.Threads)
+    is what the columns decode on."""
     from poetwb.core.generate import RowStats
 
     step = step or (lambda c, w: next(w, None))
-    stats[:] = [RowStats() for _ in writers]
+    stats[:] = [RowStats(threads=threads) for _ in writers]
     live = list(range(len(writers)))
     try:
         while live:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from poetwb.core import cpu_share
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
 
@@ -60,16 +61,27 @@ class RowStats:
     rhymes: tuple[int, int] | None = None
     """A form poem: (rhyme pairs that held, rhyme pairs the form required) among its written lines, by the
     generator's own check; None for free verse."""
+    threads: Any = None
+    """The cpu_share.Threads the decode ran on (fewer than alone while other processes keep CPUs busy); None when
+    not measured (a GPU)."""
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def by(self, engine: str) -> str:
+        """The engine for a footer, with the threads' note when other work kept CPUs busy: "torch int8 · 1/2
+        threads, CPU busy"."""
+        note = self.threads.note() if self.threads is not None else ""
+        return " · ".join(part for part in (engine, note) if part)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"new_tokens": self.new_tokens, "seconds": round(self.seconds, 6),
                "tokens_per_s": round(self.tokens_per_s, 2), "stop_reason": self.reason}
         if self.rhymes is not None:
             out["rhymes_held"], out["rhymes_required"] = self.rhymes
+        if self.threads is not None:
+            out.update(self.threads.to_dict())
         return out
 
 
@@ -156,8 +168,12 @@ def stream_rows(
     enc = {k: v.to(device) for k, v in enc.items()}
     kwargs = generate_kwargs(tokenizer, model, sampling)
 
+    fitted: list[Any] = []
+
     def run() -> None:
         try:
+            if device.type == "cpu":  # on the thread that decodes: OpenMP keeps its team size per thread
+                fitted.append(cpu_share.fit_torch_threads())
             torch.manual_seed(sampling.seed)
             with torch.inference_mode(), FewRows(model):
                 model.generate(
@@ -209,6 +225,7 @@ def stream_rows(
         stop.set()
         join()
         for row in rows:
+            row.threads = fitted[0] if fitted else None
             if row.reason == "running":
                 row.reason = "cancelled" if cancelled else "max tokens"
 
@@ -533,6 +550,8 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
             yield from stream_rows(loaded.model, loaded.tokenizer, [text] * len(layout), sampling, cancel, own)
             return
         form_stats = [forms.FormStats() for _ in layout]
+        cpu = next(loaded.model.parameters()).device.type == "cpu"
+        fitted = torch_thread.call(cpu_share.fit_torch_threads) if cpu else None  # where the lines decode
         prefilled = None if instruct else forms.prompt_lines(prompt)
         writers = [forms.write(TorchLines(loaded.model, loaded.tokenizer), text, form, sampling,
                                candidates=candidates, prefilled=prefilled, cancel=cancel, stats=form_stats[c])
@@ -544,7 +563,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
                 return next(writer, None)
             return torch_thread.call(run)
 
-        yield from forms.interleave(writers, form_stats, own, cancel, step)
+        yield from forms.interleave(writers, form_stats, own, cancel, step, fitted)
     finally:
         head.__exit__()
         mask.close()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from poetwb.core import bundled, paths
+from poetwb.core import bundled, cpu_share, paths
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
 from poetwb.core.fsutil import exclusive_lock
@@ -290,48 +290,6 @@ def _llama() -> Any:
     return llama_cpp
 
 
-def threads() -> int:
-    """Threads for llama.cpp's next generation: the CPUs this process may use, less those other work keeps busy
-    right now. Its OpenMP threads wait for each other at every step, so one thread sharing a core with another busy
-    process (a training job) stalls them all: measured here with 2 threads beside a training process, 1 token/s; with
-    1 thread, 23 per column (2 cores, AVX2). Busy is read from /proc/stat over 50 ms for the CPUs this process may
-    use, its own use left out."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
-    busy = _busy_cpus(allowed, 0.05)
-    return max(1, len(allowed) - round(busy))
-
-
-def _busy_cpus(allowed: set[int], window: float) -> float:
-    """How many of the allowed CPUs other processes kept busy over the last `window` seconds (0 when unknown)."""
-
-    def sample() -> tuple[float, float, float]:
-        total = idle = 0.0
-        with open("/proc/stat", encoding="ascii") as f:
-            for line in f:
-                name, *values = line.split()
-                if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in allowed:
-                    continue
-                fields = [float(v) for v in values[:8]]
-                total += sum(fields)
-                idle += fields[3] + fields[4]  # idle + iowait
-        own = os.times()
-        return total, idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
-
-    try:
-        total0, idle0, own0 = sample()
-        time.sleep(window)
-        total1, idle1, own1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    elapsed = total1 - total0
-    if elapsed <= 0:
-        return 0.0
-    return max(0.0, (elapsed - (idle1 - idle0) - (own1 - own0)) / elapsed * len(allowed))
-
-
 class Engine:
     """A base GGUF loaded once, with adapters; one context per column, reused across generations."""
 
@@ -503,7 +461,10 @@ class Engine:
         if stats is not None:
             stats[:] = rows
         with self.lock:  # one generation at a time on these contexts
-            self.n_threads = threads()
+            fitted = cpu_share.free_threads()
+            self.n_threads = fitted.n
+            for row in rows:
+                row.threads = fitted
             ctxs = [self._context(c, k, n_ctx) for c, k in enumerate(layout)]
             samplers = [self._sampler(sampling, prompt, n_ctx, ignore_eos) for _ in layout]
             data = [b"" for _ in layout]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from poetwb.core import forms
+from poetwb.core import cpu_share, forms
 from poetwb.core.config import SamplingConfig
 from poetwb.core.errors import PoetError
 from poetwb.core.forms import Candidate, LineSpec, TokenClasses, banned_next, max_line_tokens
@@ -240,7 +240,6 @@ def form_columns(engine: Any, prompt: str, sampling: SamplingConfig, layout: lis
     """generate.columns with a form, on the llama.cpp engine: each column (the base, or an adapter's index) writes
     its poem a line at a time in turn; a chunk is a whole line with its newline (two at a stanza break)."""
     from poetwb.core.generate import format_prompt
-    from poetwb.core.llamacpp import threads
 
     k = forms.candidates_per_line(candidates, sampling)  # the contexts are sized for k sequences
     text = format_prompt(engine.template, prompt, instruct)
@@ -251,7 +250,8 @@ def form_columns(engine: Any, prompt: str, sampling: SamplingConfig, layout: lis
     n_ctx = min(poem, engine.n_ctx_train) + k * line
     own = stats if stats is not None else []
     with engine.lock:  # one generation at a time on these contexts
-        engine.n_threads = threads()
+        fitted = cpu_share.free_threads()
+        engine.n_threads = fitted.n
         models: list[LlamaLines] = []
         try:
             for c, a in enumerate(layout):
@@ -259,7 +259,7 @@ def form_columns(engine: Any, prompt: str, sampling: SamplingConfig, layout: lis
             form_stats = [forms.FormStats() for _ in layout]
             writers = [forms.write(lm, text, form, sampling, candidates=candidates, prefilled=prefilled,
                                    cancel=cancel, stats=form_stats[c]) for c, lm in enumerate(models)]
-            yield from forms.interleave(writers, form_stats, own, cancel)
+            yield from forms.interleave(writers, form_stats, own, cancel, threads=fitted)
         finally:
             for lm in models:
                 lm.close()

@@ -185,22 +185,6 @@ def test_a_poem_stops_at_the_end_of_the_models_context_instead_of_aborting(tiny_
         list(engine.columns(PROMPT * 100, long, [None]))
 
 
-def test_threads_leave_out_the_cpus_another_busy_process_holds():
-    """llama.cpp's threads wait for each other at every step: sharing a core with a busy process stalls them all."""
-    import os
-    import subprocess
-    import sys
-
-    cpus = len(os.sched_getaffinity(0))
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        assert llamacpp._busy_cpus(os.sched_getaffinity(0), 0.3) >= 0.5
-        assert 1 <= llamacpp.threads() <= max(1, cpus - 1)
-    finally:
-        busy.kill()
-        busy.wait()
-
-
 def test_columns_keep_their_own_text_when_layouts_repeat_or_change(tiny_llama, make_run):
     """Two base columns are two poems from one seed (the same poem); a context reused for another adapter applies
     that adapter, not the one it had."""

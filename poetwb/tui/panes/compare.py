@@ -95,7 +95,8 @@ def footer(stats: Any, form: bool, engine: str = "") -> str:
     if stats is None:
         return ""
     speed = f"{stats.new_tokens} tokens in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
-    by = f" · {engine}" if engine else ""
+    by = stats.by(engine)
+    by = f" · {by}" if by else ""
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
     if form:  # columns write their lines in turn: the seconds are this column's own, not the wait
