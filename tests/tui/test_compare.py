@@ -307,3 +307,29 @@ async def test_a_streaming_column_grows_with_each_new_line_and_shows_its_last_wo
         pane.post_message(GenerationEnded(pane.gen, []))
         await pilot.pause()
         assert "the last words" in columns(app)[1].query_one(".column-text", Static).render_line(0).text
+
+
+def test_streamed_text_is_posted_a_few_times_a_second_and_never_waits_for_the_next_chunk():
+    """Chunks within PAINT_EVERY of the last post go out together at its deadline, without a later chunk to carry
+    them (the second column of a pair, a form's prompt lines); flush posts what is held at once, and nothing twice."""
+    import time
+
+    from poetwb.tui.panes.compare import Batcher
+
+    posts: list[tuple[float, int, str]] = []
+    start = time.monotonic()
+    batch = Batcher(lambda col, text: posts.append((time.monotonic() - start, col, text)), every=0.3)
+    batch.add(0, "The ")
+    batch.add(1, "A ")  # the same step's other column
+    batch.add(0, "sea")
+    assert [(c, t) for _, c, t in posts] == [(0, "The ")]
+    time.sleep(0.6)  # no further chunk comes: the held text must not wait for one
+    assert [(c, t) for _, c, t in posts] == [(0, "The "), (1, "A "), (0, "sea")]
+    assert 0.25 <= posts[1][0] <= 0.5
+    batch.add(1, "wave")
+    batch.add(1, "s")
+    batch.flush()  # as the worker does before it says the generation ended: everything is out at once
+    after_flush = len(posts)
+    assert "".join(t for _, c, t in posts if c == 1) == "A waves"
+    time.sleep(0.4)
+    assert len(posts) == after_flush  # the timer, if one was set, posts nothing more

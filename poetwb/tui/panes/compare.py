@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,49 @@ between are shown together. Posting and painting every token (two columns at ~10
 ~20 times a second, and on 2 cores that UI work took a core from the decode: measured here (AVX2-only EPYC, torch
 int8, bundled model + adapter, one process) 7.0-7.3 tokens/s per column in the pane against 10.6-11.2 for the same
 columns with no UI. benchmarks/bench_tui_stream.py prints both, side by side."""
+
+
+class Batcher:
+    """Streamed text per column, handed to `post` at most every PAINT_EVERY seconds. Text that arrives within
+    PAINT_EVERY of the last post is posted at that deadline by a timer, not when the next chunk happens to come: the
+    columns of a pair get their tokens a moment apart (the second would always wait a whole decode step, seconds
+    while other work slows the decode), and a form's prompt lines all come at once, before its first written line.
+    Thread-safe: the generation worker adds and flushes, the timer's thread posts."""
+
+    def __init__(self, post: Callable[[int, str], None], every: float | None = None) -> None:
+        self._post = post
+        self._every = PAINT_EVERY if every is None else every  # read now: the stream benchmark sets it to 0
+        self._held: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._posted = float("-inf")
+        self._timer: threading.Timer | None = None
+
+    def add(self, col: int, text: str) -> None:
+        with self._lock:
+            self._held[col] = self._held.get(col, "") + text
+            wait = self._posted + self._every - time.monotonic()
+            if wait <= 0:
+                self._flush()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Post what is held now (the worker calls it before it says the generation ended)."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._held:
+            return
+        for col, text in self._held.items():
+            self._post(col, text)
+        self._held.clear()
+        self._posted = time.monotonic()
 
 
 def load_prompt_set() -> list[dict[str, str]]:
@@ -370,32 +414,22 @@ class ComparePane(WorkerErrors, Vertical):
 
         stats: list[Any] = []
         name = "llama.cpp" if engine[1] == "llamacpp" else "torch"
-        # text not posted yet, per column: a chunk that follows the last post within PAINT_EVERY waits for the
-        # next one (or the end), so the UI thread handles a few messages a second instead of one per token
-        held: dict[int, str] = {}
+        # a few posts a second instead of one per token: the UI thread's work is the decode's loss on 2 cores
+        batch = Batcher(lambda col, text: self.post_message(ColumnChunk(gen, col, text)))
         try:
             runner = self.app.load_engine(model, tuple(adapters), engine[0]) if engine[1] == "llamacpp" else None
             runner = runner or self.app.load_model(model, tuple(adapters), dtype)
             name = generate.engine_name(runner)
-            posted = 0.0
             for col, chunk in generate.runner_columns(runner, prompt, sampling, with_base, instruct, form,
                                                       candidates, cancel=stop, stats=stats):
-                held[col] = held.get(col, "") + chunk
-                if time.monotonic() - posted >= PAINT_EVERY:
-                    self._post_held(gen, held)
-                    posted = time.monotonic()
-            self._post_held(gen, held)
+                batch.add(col, chunk)
+            batch.flush()
             self.post_message(GenerationEnded(gen, stats, engine=name))
         except Exception as exc:  # every failure reaches the user, whatever its type
             from poetwb.core.errors import first_line
 
-            self._post_held(gen, held)
+            batch.flush()
             self.post_message(GenerationEnded(gen, stats, first_line(exc), engine=name))
-
-    def _post_held(self, gen: int, held: dict[int, str]) -> None:
-        for col, text in held.items():
-            self.post_message(ColumnChunk(gen, col, text))
-        held.clear()
 
     def shown(self, index: int) -> str:
         """A model column's whole poem as shown, voted on and saved: in raw mode the prompt is its first line. No
