@@ -14,6 +14,7 @@ from typing import Any
 
 from poetwb.core.config import SamplingConfig
 from poetwb.core.forms import Candidate, LineSpec, TokenClasses, banned_next, classes_from_texts, max_line_tokens
+from poetwb.core.generate import positions
 
 _CLASSES: dict[int, TokenClasses] = {}
 _CLASSES_LOCK = threading.Lock()
@@ -114,11 +115,6 @@ def _cache_kw(model: Any) -> str:
     return _cache_kw_for(type(base))
 
 
-def _positions(model: Any) -> int | None:
-    config = model.config
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
 class TorchLines:
     """forms.LineModel on a transformers model (with whatever adapter rows generate.columns has set)."""
 
@@ -152,7 +148,7 @@ class TorchLines:
         self.ctx.extend(ids)
 
     def context_size(self) -> int:
-        return _positions(self.model) or 1 << 30
+        return positions(self.model) or 1 << 30
 
     def sample(self, spec: LineSpec, k: int, sampling: SamplingConfig, stop: threading.Event) -> list[Candidate]:
         """k candidate lines from one batched generate call on the shared context cache."""

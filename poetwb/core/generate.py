@@ -167,6 +167,8 @@ def stream_rows(
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=_adds_special(tokenizer, texts))
     enc = {k: v.to(device) for k, v in enc.items()}
     kwargs = generate_kwargs(tokenizer, model, sampling)
+    steps = kwargs["max_new_tokens"] = room(model, enc["input_ids"].shape[1], sampling.max_new_tokens)
+    full = "max tokens" if steps == sampling.max_new_tokens else "context full"
 
     fitted: list[Any] = []
 
@@ -214,8 +216,8 @@ def stream_rows(
                     continue
                 ids[row].append(token)
                 rows[row].new_tokens += 1
-                if rows[row].new_tokens >= sampling.max_new_tokens:
-                    rows[row].reason = "max tokens"
+                if rows[row].new_tokens >= steps:
+                    rows[row].reason = full
                 if piece := unseen(tokenizer.decode(ids[row], skip_special_tokens=True), shown[row]):
                     yield row, piece
                     shown[row] += len(piece)
@@ -227,7 +229,25 @@ def stream_rows(
         for row in rows:
             row.threads = fitted[0] if fitted else None
             if row.reason == "running":
-                row.reason = "cancelled" if cancelled else "max tokens"
+                row.reason = "cancelled" if cancelled else full
+
+
+def positions(model: Any) -> int | None:
+    """The model's trained context in tokens (None when its config does not say)."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def room(model: Any, prompt_tokens: int, wanted: int) -> int:
+    """How many new tokens a generation can take: `wanted`, or fewer where the model's trained context ends (past it
+    GPT-2's position table has no row, an IndexError mid-poem; other models drift). A one-line PoetError when the
+    prompt alone fills the context."""
+    limit = positions(model)
+    if limit is None:
+        return wanted
+    if prompt_tokens >= limit:
+        raise PoetError(f"the prompt takes {prompt_tokens} tokens, the model's whole context is {limit}; shorten it")
+    return min(wanted, limit - prompt_tokens)
 
 
 def unseen(text: str, shown: int) -> str:

@@ -205,3 +205,16 @@ def test_loading_and_generating_happen_on_the_one_torch_thread(gpt2, tiny_models
     list(generate.columns(loaded, "The sea", s, [None], form=forms.make_form("couplets", None, None, 1),
                           candidates=2))
     assert seen == {torch_thread.call(threading.get_ident)} and threading.get_ident() not in seen
+
+
+def test_a_poem_stops_where_the_models_context_ends_and_a_prompt_that_fills_it_is_refused(gpt2):
+    """The tiny GPT-2 knows 512 positions: asked for more, the poem stops there with the reason "context full"
+    (past it, its position table has no row and the generation failed mid-poem with an IndexError)."""
+    prompt = "The sea is blue"
+    n_prompt = len(gpt2.tokenizer(prompt)["input_ids"])
+    stats: list[generate.RowStats] = []
+    text = "".join(generate.stream(gpt2, prompt, SamplingConfig(temperature=0, max_new_tokens=600,
+                                                                repetition_penalty=1.0), stats=stats))
+    assert text and stats[0].reason == "context full" and stats[0].new_tokens == 512 - n_prompt
+    with pytest.raises(PoetError, match="the model's whole context is 512; shorten it"):
+        list(generate.stream(gpt2, "wave " * 600, SamplingConfig(max_new_tokens=8)))
