@@ -170,11 +170,16 @@ def stream_rows(
     steps = kwargs["max_new_tokens"] = room(model, enc["input_ids"].shape[1], sampling.max_new_tokens)
     full = "max tokens" if steps == sampling.max_new_tokens else "context full"
 
+    from poetwb.core import torch_thread
+
+    beside = torch_thread.here() or not ON_TORCH_THREAD  # a consumer on the torch thread: generate beside it
     fitted: list[Any] = []
+    if device.type == "cpu" and not beside:  # on the thread that decodes (OpenMP keeps its team size per thread),
+        fitted.append(torch_thread.call(cpu_share.fit_torch_threads))  # before the decode's clock starts
 
     def run() -> None:
         try:
-            if device.type == "cpu":  # on the thread that decodes: OpenMP keeps its team size per thread
+            if device.type == "cpu" and beside:
                 fitted.append(cpu_share.fit_torch_threads())
             torch.manual_seed(sampling.seed)
             with torch.inference_mode(), FewRows(model):
@@ -185,9 +190,7 @@ def stream_rows(
             tokens.put(exc)
             tokens.put(None)
 
-    from poetwb.core import torch_thread
-
-    if torch_thread.here() or not ON_TORCH_THREAD:  # a consumer on the torch thread: generate beside it
+    if beside:
         worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
         worker.start()
         join = worker.join
