@@ -113,3 +113,11 @@ def fit_torch_threads() -> Threads:
     fitted = free_threads(torch_limit())
     torch.set_num_threads(fitted.n)
     return fitted
+
+
+def restore_torch_threads() -> None:
+    """Give the calling thread torch's own thread count back once its decode is done: loading, merging adapters
+    into copies and evaluation on that thread keep every thread, as before any fitting."""
+    import torch
+
+    torch.set_num_threads(torch_limit())

@@ -189,6 +189,9 @@ def stream_rows(
         except BaseException as exc:  # handed to the consumer, raised there
             tokens.put(exc)
             tokens.put(None)
+        finally:
+            if fitted:
+                cpu_share.restore_torch_threads()
 
     if beside:
         worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
@@ -567,6 +570,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
     mask = RowMask(loaded.model, adapter_names(loaded))
     head = FewRows(loaded.model).__enter__()
     own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats
+    fitted = None
     try:
         if form is None:
             torch_thread.call(mask.rows, layout)  # merging an adapter into int8 copies computes: the torch thread
@@ -590,6 +594,8 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
     finally:
         head.__exit__()
         mask.close()
+        if fitted is not None:
+            torch_thread.call(cpu_share.restore_torch_threads)
 
 
 def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base: bool, instruct: bool = False,

@@ -45,33 +45,42 @@ def test_threads_leave_out_the_cpus_another_busy_process_holds():
 
 
 @needs_two_cpus
-def test_a_torch_generation_beside_a_busy_process_decodes_on_fewer_threads_and_takes_them_back_after(tiny_models):
-    """The torch thread's OpenMP team shrinks for a generation that starts while another process is busy, the
-    stats (--json, footers) say so, and the next generation once the machine is free again has every thread."""
+@pytest.mark.parametrize("form", [None, "couplets"])
+def test_a_torch_generation_beside_a_busy_process_decodes_on_fewer_threads_and_takes_them_back_after(tiny_models,
+                                                                                                    form):
+    """The OpenMP team that runs a decode shrinks for a generation that starts while another process is busy, the
+    stats (--json, footers) say so, the torch thread has every thread again for what follows (loading, merging),
+    and the next generation once the machine is free again decodes on every thread."""
     import torch
+
+    from poetwb.core import forms
 
     loaded = torch_thread.call(models.load, str(tiny_models["llama"]))
     sampling = SamplingConfig(temperature=0, max_new_tokens=4)
     alone = cpu_share.torch_limit()
     if alone < 2:
         pytest.skip("torch runs on 1 thread here")
+    seen: list[int] = []  # torch's thread count inside each forward pass of the decode, on the thread that runs it
+    loaded.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
 
     def decode() -> generate.RowStats:
         stats: list[generate.RowStats] = []
-        list(generate.runner_columns(loaded, "The sea is blue", sampling, True, stats=stats))
+        seen.clear()
+        list(generate.runner_columns(loaded, "The sea is blue", sampling, True, stats=stats, candidates=2,
+                                     form=forms.make_form(form) if form else None))
+        assert seen
         return stats[0]
 
     busy = busy_process()
     try:
         shared = decode()
-        assert shared.threads.reduced and shared.threads.n < alone
-        assert torch_thread.call(torch.get_num_threads) == shared.threads.n
+        assert shared.threads.reduced and set(seen) == {shared.threads.n} and shared.threads.n < alone
         assert shared.to_dict()["threads"] == shared.threads.n and shared.by("torch") == \
             f"torch · {shared.threads.n}/{alone} threads, CPU busy"
+        assert torch_thread.call(torch.get_num_threads) == alone
     finally:
         busy.kill()
         busy.wait()
     assert until_free(alone), "something else keeps this machine's CPUs busy"
     own = decode()
-    assert own.threads.n == alone and not own.threads.reduced and own.by("torch") == "torch"
-    assert torch_thread.call(torch.get_num_threads) == alone
+    assert own.threads.n == alone and set(seen) == {alone} and own.by("torch") == "torch"
