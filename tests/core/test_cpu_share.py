@@ -58,8 +58,8 @@ def test_a_torch_generation_beside_a_busy_process_decodes_on_fewer_threads_and_t
     loaded = torch_thread.call(models.load, str(tiny_models["llama"]))
     sampling = SamplingConfig(temperature=0, max_new_tokens=4)
     alone = cpu_share.torch_limit()
-    if alone < 2:
-        pytest.skip("torch runs on 1 thread here")
+    if alone < 2 or alone < CPUS:
+        pytest.skip("torch runs on fewer threads than this process's CPUs: one busy CPU leaves it all it uses")
     seen: list[int] = []  # torch's thread count inside each forward pass of the decode, on the thread that runs it
     loaded.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
 
@@ -84,3 +84,35 @@ def test_a_torch_generation_beside_a_busy_process_decodes_on_fewer_threads_and_t
     assert until_free(alone), "something else keeps this machine's CPUs busy"
     own = decode()
     assert own.threads.n == alone and set(seen) == {alone} and own.by("torch") == "torch"
+
+
+@needs_two_cpus
+def test_held_out_loss_beside_a_busy_process_runs_on_the_free_threads(tiny_models):
+    """`poetwb eval` and the Train pane's Evaluate: the forward passes of the held-out loss run on the threads
+    other processes leave free, and the thread that ran them has every thread back after."""
+    import torch
+
+    from poetwb.core import evaluate
+
+    loaded = models.load(str(tiny_models["gpt2"]))
+    ids = loaded.tokenizer("The sea is blue and the sky is red")["input_ids"]
+    blocks = [{"input_ids": ids, "labels": ids}] * 4
+
+    class Rows(list):  # evaluate.dataset_loss reads ds[i:j] as columns
+        def __getitem__(self, cut):
+            rows = list.__getitem__(self, cut)
+            return {k: [r[k] for r in rows] for k in ("input_ids", "labels")}
+
+    alone = cpu_share.torch_limit()
+    if alone < 2 or alone < CPUS:
+        pytest.skip("torch runs on fewer threads than this process's CPUs: one busy CPU leaves it all it uses")
+    seen: list[int] = []
+    loaded.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    busy = busy_process()
+    try:
+        loss, n = evaluate.dataset_loss(loaded.model, Rows(blocks), loaded.tokenizer.pad_token_id, batch_size=2)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert n > 0 and loss > 0
+    assert seen and set(seen) == {CPUS - 1} and torch.get_num_threads() == alone
