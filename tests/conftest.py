@@ -126,6 +126,16 @@ def make_run():
 
 
 @pytest.fixture(autouse=True)
+def idle_machine(request, monkeypatch):
+    """Generations decode on the CPUs other processes leave free (core/cpu_share.py); every test but those of that
+    module sees an idle machine, so footers, stats and timings do not depend on what else this machine runs."""
+    if request.module.__name__.rsplit(".", 1)[-1] != "test_cpu_share":
+        from poetwb.core import cpu_share
+
+        monkeypatch.setattr(cpu_share, "busy_cpus", lambda allowed, window=0.0: 0.0)
+
+
+@pytest.fixture(autouse=True)
 def poet_home(tmp_path, monkeypatch) -> Path:
     """Every test gets its own data dir and an empty HF cache; the converted bundled model is shared."""
     home = tmp_path / "poetwb-home"

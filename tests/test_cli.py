@@ -47,7 +47,10 @@ def test_generate_json_reports_the_decode_speed_and_why_it_stopped(tiny_gpt2, ca
     assert out["schema"] == 1 and out["form"] == "free" and out["text"].startswith("The sea")
     assert out["stop_reason"] in {"end of text", "max tokens"} and out["seconds"] > 0
     assert out["tokens_per_s"] == pytest.approx(out["new_tokens"] / out["seconds"], rel=0.05)
-    assert 1 <= out["threads"] <= out["threads_alone"]
+    from poetwb.core import models
+
+    if models.pick_device() == "cpu":  # a GPU decode has no CPU threads to count
+        assert out["threads"] == out["threads_alone"] >= 1  # nothing else busy (tests see an idle machine)
 
 
 def test_generate_in_a_form_prints_the_poem_and_what_it_achieved(tiny_gpt2, capsys):

@@ -7,14 +7,20 @@ AVX2 only, bundled model + an adapter side by side, torch int4/int8, 12 tokens a
 beside it): 2 threads 0.2-3.0 tokens/s per column, whatever the job's nice level (0, 19, or SCHED_IDLE); 1 thread
 8.6-9.3. Alone, 2 threads give 11.8 and 1 thread 9.2-10.4. llama.cpp: 1 token/s on 2 threads beside a training
 job, 23 per column on 1. So each generation measures, before it starts, how many of the CPUs this process may use
-other processes kept busy over the last 50 ms (its own use left out) and decodes on the rest, at least one.
+other processes keep busy over 50 ms (its own use left out) and decodes on the rest, at least one.
+
+torch keeps its thread count per thread (a thread that has not used torch yet starts from the last count any
+thread set), so a decode sets it on the thread that runs the decode, for the time of that decode only
+(`torch_threads`), and measuring happens on the caller's thread, not on core.torch_thread where loads queue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 WINDOW = 0.05
@@ -33,31 +39,32 @@ def allowed_cpus() -> set[int] | None:
 
 
 def busy_cpus(allowed: set[int], window: float = WINDOW) -> float:
-    """How many of the allowed CPUs other processes kept busy over the next `window` seconds (0 when unknown)."""
+    """How many of the allowed CPUs other processes keep busy over the next `window` seconds (0 when unknown).
+    Time the hypervisor gives other machines (steal) is not counted: fewer threads would not get it back."""
 
     def sample() -> tuple[float, float, float]:
-        total = idle = 0.0
+        total = busy = 0.0
         with open("/proc/stat", encoding="ascii") as f:
             for line in f:
                 name, *values = line.split()
                 if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in allowed:
                     continue
-                fields = [float(v) for v in values[:8]]
+                fields = [float(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
                 total += sum(fields)
-                idle += fields[3] + fields[4]  # idle + iowait
+                busy += fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
         own = os.times()
-        return total, idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+        return total, busy, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
 
     try:
-        total0, idle0, own0 = sample()
+        total0, busy0, own0 = sample()
         time.sleep(window)
-        total1, idle1, own1 = sample()
+        total1, busy1, own1 = sample()
     except (OSError, ValueError, IndexError):
         return 0.0
     elapsed = total1 - total0
     if elapsed <= 0:
         return 0.0
-    return max(0.0, (elapsed - (idle1 - idle0) - (own1 - own0)) / elapsed * len(allowed))
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / elapsed * len(allowed))
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,8 @@ def free_threads(limit: int | None = None) -> Threads:
 
 
 def torch_limit() -> int:
-    """torch's own thread count for this process (its default, or what OMP_NUM_THREADS or the user set before
-    poetwb first fitted it), read once: after fit_torch_threads has lowered it, torch would report the lowered
-    value."""
+    """torch's thread count for this process as it started (its default, or OMP_NUM_THREADS), read once, before any
+    decode has set a thread's count."""
     global _torch_limit
     with _limit_lock:
         if _torch_limit is None:
@@ -104,20 +110,21 @@ def torch_limit() -> int:
         return _torch_limit
 
 
-def fit_torch_threads() -> Threads:
-    """Set torch's threads on the calling thread, the one about to decode, to free_threads(torch's own count), and
-    return them. Always set, even when torch.get_num_threads() already says n: that figure is process-wide, while
-    the OpenMP team size it sets is kept per thread."""
+def free_torch_threads() -> Threads:
+    """free_threads for torch (at most its own count). Measures on the calling thread; sets nothing."""
+    return free_threads(torch_limit())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on n torch threads on this thread, then give the thread its own count back."""
     import torch
 
-    fitted = free_threads(torch_limit())
-    torch.set_num_threads(fitted.n)
-    return fitted
-
-
-def restore_torch_threads() -> None:
-    """Give the calling thread torch's own thread count back once its decode is done: loading, merging adapters
-    into copies and evaluation on that thread keep every thread, as before any fitting."""
-    import torch
-
-    torch.set_num_threads(torch_limit())
+    before = torch.get_num_threads()  # also sets the thread up first: a count set before that could be overwritten
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)

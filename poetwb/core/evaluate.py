@@ -4,6 +4,7 @@ held-out poems. Results are saved in the run directory (eval.json, metrics.json)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -50,13 +51,9 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
 
     device = next(model.parameters()).device
     model.eval()
-    if device.type == "cpu":
-        cpu_share.fit_torch_threads()
-    try:
+    fitted = cpu_share.free_torch_threads() if device.type == "cpu" else None
+    with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
         total, count = _loss_sum(model, ds, pad_id, batch_size, bf16, on_batch)
-    finally:
-        if device.type == "cpu":
-            cpu_share.restore_torch_threads()
     return (total / count if count else float("nan")), count
 
 

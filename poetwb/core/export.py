@@ -173,7 +173,18 @@ def export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None =
                force: bool = False, progress: Progress | None = None, sample_tokens: int = 96) -> ExportResult:
     """Merge a run's adapter into its base and write it as fmt (hf | gguf | ollama) into the folder output.
 
-    sample_tokens: length of the sample poem in the model card (0: none)."""
+    sample_tokens: length of the sample poem in the model card (0: none). Runs on the torch threads other processes
+    leave free (core/cpu_share.py), set on the calling thread: a worker thread would otherwise start from whatever
+    count a decode had set at that moment."""
+    from poetwb.core import cpu_share
+
+    with cpu_share.torch_threads(cpu_share.free_torch_threads().n):
+        return _export_run(run_id, fmt, output, stage=stage, quant=quant, force=force, progress=progress,
+                           sample_tokens=sample_tokens)
+
+
+def _export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None, quant: str | None, force: bool,
+                progress: Progress | None, sample_tokens: int) -> ExportResult:
     from poetwb.core import models
 
     started = time.monotonic()

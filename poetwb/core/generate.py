@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -172,28 +173,21 @@ def stream_rows(
 
     from poetwb.core import torch_thread
 
-    beside = torch_thread.here() or not ON_TORCH_THREAD  # a consumer on the torch thread: generate beside it
-    fitted: list[Any] = []
-    if device.type == "cpu" and not beside:  # on the thread that decodes (OpenMP keeps its team size per thread),
-        fitted.append(torch_thread.call(cpu_share.fit_torch_threads))  # before the decode's clock starts
+    # how many threads the decode gets: measured here, before the decode's clock starts, not on the torch thread
+    fitted = cpu_share.free_torch_threads() if device.type == "cpu" else None
 
     def run() -> None:
         try:
-            if device.type == "cpu" and beside:
-                fitted.append(cpu_share.fit_torch_threads())
-            torch.manual_seed(sampling.seed)
-            with torch.inference_mode(), FewRows(model):
-                model.generate(
-                    **enc, **kwargs, **extra, streamer=_Streamer(), stopping_criteria=StoppingCriteriaList([_Cancel()])
-                )
+            with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
+                torch.manual_seed(sampling.seed)
+                with torch.inference_mode(), FewRows(model):
+                    model.generate(**enc, **kwargs, **extra, streamer=_Streamer(),
+                                   stopping_criteria=StoppingCriteriaList([_Cancel()]))
         except BaseException as exc:  # handed to the consumer, raised there
             tokens.put(exc)
             tokens.put(None)
-        finally:
-            if fitted:
-                cpu_share.restore_torch_threads()
 
-    if beside:
+    if torch_thread.here() or not ON_TORCH_THREAD:  # a consumer on the torch thread: generate beside it
         worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
         worker.start()
         join = worker.join
@@ -233,15 +227,17 @@ def stream_rows(
         stop.set()
         join()
         for row in rows:
-            row.threads = fitted[0] if fitted else None
+            row.threads = fitted
             if row.reason == "running":
                 row.reason = "cancelled" if cancelled else full
 
 
 def positions(model: Any) -> int | None:
-    """The model's trained context in tokens (None when its config does not say)."""
+    """The model's trained context in tokens (None when its config does not say); a multimodal model's is its
+    text model's."""
     config = model.config
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
 
 
 def room(model: Any, prompt_tokens: int, wanted: int) -> int:
@@ -570,7 +566,6 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
     mask = RowMask(loaded.model, adapter_names(loaded))
     head = FewRows(loaded.model).__enter__()
     own: list[RowStats] = [RowStats() for _ in layout] if stats is None else stats
-    fitted = None
     try:
         if form is None:
             torch_thread.call(mask.rows, layout)  # merging an adapter into int8 copies computes: the torch thread
@@ -578,7 +573,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
             return
         form_stats = [forms.FormStats() for _ in layout]
         cpu = next(loaded.model.parameters()).device.type == "cpu"
-        fitted = torch_thread.call(cpu_share.fit_torch_threads) if cpu else None  # where the lines decode
+        fitted = cpu_share.free_torch_threads() if cpu else None  # measured once, here; set for each line's job
         prefilled = None if instruct else forms.prompt_lines(prompt)
         writers = [forms.write(TorchLines(loaded.model, loaded.tokenizer), text, form, sampling,
                                candidates=candidates, prefilled=prefilled, cancel=cancel, stats=form_stats[c])
@@ -586,16 +581,15 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
 
         def step(c: int, writer: Iterator[Any]) -> Any:
             def run() -> Any:
-                mask.whole(layout[c])
-                return next(writer, None)
+                with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
+                    mask.whole(layout[c])
+                    return next(writer, None)
             return torch_thread.call(run)
 
         yield from forms.interleave(writers, form_stats, own, cancel, step, fitted)
     finally:
         head.__exit__()
         mask.close()
-        if fitted is not None:
-            torch_thread.call(cpu_share.restore_torch_threads)
 
 
 def runner_columns(runner: Any, prompt: str, sampling: SamplingConfig, with_base: bool, instruct: bool = False,
