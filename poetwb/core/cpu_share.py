@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 WINDOW = 0.05
 """Seconds of /proc/stat watched before a generation (its only cost: this much later to start)."""
@@ -110,17 +111,20 @@ def torch_limit() -> int:
         return _torch_limit
 
 
-def free_torch_threads() -> Threads:
-    """free_threads for torch (at most its own count). Measures on the calling thread; sets nothing."""
-    return free_threads(torch_limit())
+def free_torch_threads(device: Any = "cpu") -> Threads | None:
+    """free_threads for torch (at most its own count) when it computes on the CPU (device: a torch.device or its
+    type), None for an accelerator. Measures on the calling thread; sets nothing."""
+    return free_threads(torch_limit()) if getattr(device, "type", device) == "cpu" else None
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block on n torch threads on this thread, then give the thread its own count back."""
+def torch_threads(fitted: Threads | None) -> Iterator[None]:
+    """Run the block on fitted.n torch threads on this thread, then give the thread its own count back; None: as
+    it is."""
     import torch
 
     before = torch.get_num_threads()  # also sets the thread up first: a count set before that could be overwritten
+    n = before if fitted is None else fitted.n
     if before != n:
         torch.set_num_threads(n)
     try:

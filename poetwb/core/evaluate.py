@@ -4,7 +4,6 @@ held-out poems. Results are saved in the run directory (eval.json, metrics.json)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -47,24 +46,16 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
     """Token-weighted mean cross-entropy over label tokens (next-token, -100 ignored), without gradients. On a CPU,
     on the threads other processes leave free (core/cpu_share.py): beside a training job, 16 blocks of 256 tokens
     took 49-55 s on both threads against 21-23 s on the free one (11.7 s alone; AVX2-only EPYC, 2 cores)."""
-    from poetwb.core import cpu_share
-
-    device = next(model.parameters()).device
-    model.eval()
-    fitted = cpu_share.free_torch_threads() if device.type == "cpu" else None
-    with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
-        total, count = _loss_sum(model, ds, pad_id, batch_size, bf16, on_batch)
-    return (total / count if count else float("nan")), count
-
-
-def _loss_sum(model: Any, ds: Any, pad_id: int, batch_size: int, bf16: bool,
-              on_batch: Callable[[], None] | None) -> tuple[float, int]:
     import torch
     import torch.nn.functional as F
 
+    from poetwb.core import cpu_share
+
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    model.eval()
+    with cpu_share.torch_threads(cpu_share.free_torch_threads(device)), torch.inference_mode(), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(ds), batch_size):
             rows = ds[i:i + batch_size]
             width = max(len(x) for x in rows["input_ids"])
@@ -81,7 +72,7 @@ def _loss_sum(model: Any, ds: Any, pad_id: int, batch_size: int, bf16: bool,
             count += int((shift_labels != -100).sum())
             if on_batch is not None:
                 on_batch()
-    return total, count
+    return (total / count if count else float("nan")), count
 
 
 def load_run_model(folder: Path, progress: Progress | None = None, dtype: str = "auto") -> tuple[Any, Any, list[str]]:

@@ -178,7 +178,7 @@ def export_run(run_id: str, fmt: str, output: str | Path, *, stage: int | None =
     count a decode had set at that moment."""
     from poetwb.core import cpu_share
 
-    with cpu_share.torch_threads(cpu_share.free_torch_threads().n):
+    with cpu_share.torch_threads(cpu_share.free_torch_threads()):
         return _export_run(run_id, fmt, output, stage=stage, quant=quant, force=force, progress=progress,
                            sample_tokens=sample_tokens)
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -62,7 +61,7 @@ class RowStats:
     rhymes: tuple[int, int] | None = None
     """A form poem: (rhyme pairs that held, rhyme pairs the form required) among its written lines, by the
     generator's own check; None for free verse."""
-    threads: Any = None
+    threads: cpu_share.Threads | None = None
     """The cpu_share.Threads the decode ran on (fewer than alone while other processes keep CPUs busy); None when
     not measured (a GPU)."""
 
@@ -170,22 +169,21 @@ def stream_rows(
     kwargs = generate_kwargs(tokenizer, model, sampling)
     steps = kwargs["max_new_tokens"] = room(model, enc["input_ids"].shape[1], sampling.max_new_tokens)
     full = "max tokens" if steps == sampling.max_new_tokens else "context full"
-
-    from poetwb.core import torch_thread
-
     # how many threads the decode gets: measured here, before the decode's clock starts, not on the torch thread
-    fitted = cpu_share.free_torch_threads() if device.type == "cpu" else None
+    fitted = cpu_share.free_torch_threads(device)
 
     def run() -> None:
         try:
-            with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
-                torch.manual_seed(sampling.seed)
-                with torch.inference_mode(), FewRows(model):
-                    model.generate(**enc, **kwargs, **extra, streamer=_Streamer(),
-                                   stopping_criteria=StoppingCriteriaList([_Cancel()]))
+            torch.manual_seed(sampling.seed)
+            with cpu_share.torch_threads(fitted), torch.inference_mode(), FewRows(model):
+                model.generate(
+                    **enc, **kwargs, **extra, streamer=_Streamer(), stopping_criteria=StoppingCriteriaList([_Cancel()])
+                )
         except BaseException as exc:  # handed to the consumer, raised there
             tokens.put(exc)
             tokens.put(None)
+
+    from poetwb.core import torch_thread
 
     if torch_thread.here() or not ON_TORCH_THREAD:  # a consumer on the torch thread: generate beside it
         worker = threading.Thread(target=run, name="poetwb-generate", daemon=True)
@@ -572,8 +570,8 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
             yield from stream_rows(loaded.model, loaded.tokenizer, [text] * len(layout), sampling, cancel, own)
             return
         form_stats = [forms.FormStats() for _ in layout]
-        cpu = next(loaded.model.parameters()).device.type == "cpu"
-        fitted = cpu_share.free_torch_threads() if cpu else None  # measured once, here; set for each line's job
+        # measured once, here; set for each line's job on the torch thread
+        fitted = cpu_share.free_torch_threads(next(loaded.model.parameters()).device)
         prefilled = None if instruct else forms.prompt_lines(prompt)
         writers = [forms.write(TorchLines(loaded.model, loaded.tokenizer), text, form, sampling,
                                candidates=candidates, prefilled=prefilled, cancel=cancel, stats=form_stats[c])
@@ -581,7 +579,7 @@ def _columns(loaded: Any, text: str, prompt: str, sampling: SamplingConfig, layo
 
         def step(c: int, writer: Iterator[Any]) -> Any:
             def run() -> Any:
-                with cpu_share.torch_threads(fitted.n) if fitted else contextlib.nullcontext():
+                with cpu_share.torch_threads(fitted):
                     mask.whole(layout[c])
                     return next(writer, None)
             return torch_thread.call(run)
