@@ -18,11 +18,13 @@ The paths are interleaved and repeated; the best of the repeats counts (the leas
 - where llama-cpp-python is installed, k rows of the tuned model on one llama.cpp context (8 sequences, the numpy
   sampler): the form engine's step, against one row.
 Then one form poem (a sonnet, k = 8, tuned) on each engine (torch exact, torch int8, llama.cpp), `poetwb generate`
-end to end in a fresh process (32 tokens, cached model) on each engine and with --dtype fp32, and the import time
-alone.
+end to end in a fresh process (32 tokens, cached model) on each engine and with --dtype fp32, and the imports
+alone (poetwb's CLI; torch; what the torch engine cannot skip).
+With --compile, transformers' static KV cache with torch.compile against its dynamic cache (plain greedy generate).
 Prints figures; asserts nothing.
 
 Run: HF_HUB_OFFLINE=1 python benchmarks/bench_decode.py [RUN] [--tokens 48] [--repeats 3] [--form sonnet|none]
+     [--compile]
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main() -> None:
                         "add int8 copies to fp32 weights")
     parser.add_argument("--form", default="sonnet", help="the form poem timed on each engine (none: skip)")
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time transformers' static cache + torch.compile (a warm-up of minutes)")
     args = parser.parse_args()
 
     import torch
@@ -274,6 +278,8 @@ def main() -> None:
     if args.form != "none":
         form_poems(loaded, engine, args.form, args.candidates, can_int8)
     end_to_end(32, ["torch", "llamacpp"] if engine is not None else ["torch"])
+    if args.compile:
+        compiled(n)
 
 
 def int8_quality(loaded: object) -> None:
@@ -387,9 +393,50 @@ def end_to_end(tokens: int, engines: list[str]) -> None:
                            env=env, check=True, capture_output=True)
             runs.append(time.perf_counter() - t)
         print(f"poetwb generate {' '.join(leg)} end to end, {tokens} tokens: {min(runs):.1f} s", flush=True)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import poetwb.cli"], env=env, check=True)
-    print(f"python + import poetwb.cli alone: {time.perf_counter() - t:.1f} s", flush=True)
+    # what the torch engine cannot go below in a fresh process: its imports, before any weight is read
+    for label, code in (("import poetwb.cli", "import poetwb.cli"), ("import torch", "import torch"),
+                        ("import torch + transformers' Llama + peft (the torch engine's imports)",
+                         "import torch, transformers.models.llama.modeling_llama, peft")):
+        runs = []
+        for _ in range(2):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+            runs.append(time.perf_counter() - t)
+        print(f"python + {label} alone: {min(runs):.1f} s", flush=True)
+
+
+def compiled(tokens: int) -> None:
+    """transformers' static KV cache with torch.compile (inductor) against its dynamic cache: plain greedy `generate`
+    on the bundled model, fp32, one row: the one-time warm-up, the steps after it, and whether the tokens agree."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation import CompileConfig
+
+    from poetwb.core import models
+
+    _, folder = models.resolve("bundled")
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    enc = tok([PROMPT], return_tensors="pt")
+    config = CompileConfig(dynamic=False)
+    config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+
+    def run(**kw: object) -> tuple[float, object]:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **kw)
+        return time.perf_counter() - t, out
+
+    dynamic = [run() for _ in range(2)]
+    static = [run(cache_implementation="static", compile_config=config) for _ in range(3)]
+    plain_static = run(cache_implementation="static", disable_compile=True)
+    best = min(s for s, _ in dynamic)
+    after = min(s for s, _ in static[1:])
+    same = all(torch.equal(out, dynamic[0][1]) for _, out in [*static, plain_static])
+    print(f"static cache + torch.compile, plain greedy generate, fp32, 1 row, {tokens} tokens: first call (warm-up) "
+          f"{static[0][0]:.1f} s, then {after:.2f} s against {best:.2f} s on the dynamic cache ({after / best:.2f}x); "
+          f"static cache without compile {plain_static[0]:.2f} s ({plain_static[0] / best:.2f}x); "
+          f"tokens {'equal' if same else 'DIFFERENT'}", flush=True)
 
 
 def random_adapter() -> str:

@@ -164,13 +164,21 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
     if not prompts:
         raise PoetError("the prompt set is empty; give at least one prompt")
     folder = runs.open_run(run_id)
-    model, tokenizer, names = load_run_model(folder, progress)
-    model.set_adapter(names[-1])
-    loaded = LoadedModel(model, tokenizer, runs.read_config(folder).model, folder, runs.adapter_dir(
-        folder, int(names[-1][-1])))
+    cfg = runs.read_config(folder)
+    stages = [s for s in (1, 2) if runs.has_adapter(folder, s)]
+    if not stages:
+        raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
+    adapter = runs.adapter_dir(folder, stages[-1])
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
-    fast = (llamacpp.engine_for(engine, loaded.model_id, [loaded.adapter])
-            if llamacpp.choose(engine, form) == "llamacpp" else None)
+    fast = None
+    if llamacpp.choose(engine, form) == "llamacpp":  # then the torch model is never loaded
+        _say(progress, "loading the model for llama.cpp")
+        fast = llamacpp.engine_for(engine, cfg.model, [adapter])
+    loaded = None
+    if fast is None:
+        model, tokenizer, names = load_run_model(folder, progress)
+        model.set_adapter(names[-1])
+        loaded = LoadedModel(model, tokenizer, cfg.model, folder, adapter)
     outputs: dict[str, list[str]] = {"base": [], "tuned": []}
     seconds: dict[str, float] = {"base": 0.0, "tuned": 0.0}
     for i, p in enumerate(prompts):
@@ -180,7 +188,7 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         stats: list[Any] = []
         instruct = p.get("mode") == "instruct"
         chunks = (llamacpp.columns(fast, p["text"], sampling, [None, 0], instruct, stats=stats, form=form,
-                                   candidates=candidates) if fast is not None
+                                   candidates=candidates) if loaded is None
                   else generate.side_by_side(loaded, p["text"], sampling, instruct, stats=stats, form=form,
                                              candidates=candidates))
         for row, chunk in chunks:
@@ -191,7 +199,7 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
             seconds[key] += st.seconds
     if progress is not None:
         progress(len(prompts), len(prompts), "measuring the poems")
-    _, split = run_splits(folder, tokenizer)
+    split = data.split_poems_dataset(data.load_poems(cfg.corpus), cfg.seed)  # the run's own split, untokenized
     vocab = {w for t in split["train"]["text"] for w in metrics.words(t)}
     instruct = [p["text"] for p in prompts if p.get("mode") == "instruct"]
     table = {}
@@ -204,8 +212,9 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
             row.update(metrics.form_summary([metrics.form_report(o, form) for o in outputs[key]]))
         table[key] = row
     table["poet (held-out)"] = metrics.summarize(list(split["val"]["text"]), vocab)
-    result = {"run_id": run_id, "adapter": names[-1], "table": table, "prompts": prompts, "generations": outputs,
-              "sampling": sampling.to_dict(), "engine": generate.engine_name(fast or loaded),
+    result = {"run_id": run_id, "adapter": f"stage{stages[-1]}", "table": table, "prompts": prompts,
+              "generations": outputs, "sampling": sampling.to_dict(),
+              "engine": generate.engine_name(fast if loaded is None else loaded),
               "form": form.describe() if form else "free",
               "candidates": candidates if form else None}
     atomic_write_json(folder / (f"metrics-{form.name}.json" if form else "metrics.json"), result)

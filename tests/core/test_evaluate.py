@@ -62,13 +62,17 @@ def test_mixed_batch_equals_separate_generations_under_greedy(done, tiny_models)
     assert texts[0] != texts[1]
 
 
-def test_poetic_metrics_and_report_contain_every_section(done, tmp_path, capsys, torch_name):
-    prompts = [{"text": "The sea is blue", "mode": "raw"}, {"text": "Write a poem about the sea", "mode": "instruct"}]
-    result = evaluate.poetic_metrics("ev", prompts, max_new_tokens=12)
-    assert set(result["table"]) == {"base", "tuned", "poet (held-out)"}
+def test_poetic_metrics_and_report_contain_every_section(done, tmp_path, capsys, torch_name, monkeypatch):
     from poetwb.core import llamacpp
 
+    prompts = [{"text": "The sea is blue", "mode": "raw"}, {"text": "Write a poem about the sea", "mode": "instruct"}]
+    with monkeypatch.context() as m:
+        if llamacpp.installed():  # poems on llama.cpp never load the torch model (its weights, its int8 copies)
+            m.setattr(evaluate, "load_run_model", lambda *a, **k: pytest.fail("the torch model was loaded"))
+        result = evaluate.poetic_metrics("ev", prompts, max_new_tokens=12)
+    assert set(result["table"]) == {"base", "tuned", "poet (held-out)"}
     assert result["engine"] == ("llama.cpp" if llamacpp.installed() else torch_name)  # auto, free verse
+    assert result["adapter"] == "stage2" and all(len(result["generations"][k]) == 2 for k in ("base", "tuned"))
     greedy = evaluate.poetic_metrics("ev", prompts[:1], max_new_tokens=8, engine="torch")
     assert greedy["engine"] == torch_name and len(greedy["generations"]["tuned"]) == 1
     assert result["table"]["poet (held-out)"]["lines_per_poem"] == 4
