@@ -126,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model_id, engine_name = runner.model_id, generate.engine_name(runner)
     chunks = generate.runner_columns(runner, args.prompt, sampling, adapter is None, args.instruct, form,
                                      args.candidates, stats=stats)
-    from poetwb.core.text import SafeStream, safe_text
+    from poetwb.core.text import SafeStream, safe_text, tokens
 
     lead = "" if args.instruct else args.prompt
     if args.json:
@@ -155,8 +155,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if form is not None:
         _eprint(_form_line(text, form, stats[0]))
     elif args.verbose:
-        _eprint(f"{stats[0].new_tokens} tokens in {stats[0].seconds:.1f} s "
+        _eprint(f"{tokens(stats[0].new_tokens)} in {stats[0].seconds:.1f} s "
                 f"({stats[0].tokens_per_s:.1f} tokens/s, {stats[0].by(engine_name)}, {stats[0].reason})")
+    if not args.instruct and stats[0].reason == "end of text" and stats[0].new_tokens <= 2:
+        _eprint("note: the model ended the text at once; for a request such as 'Write a poem about the sea' add "
+                "--instruct, or give a poem's first line")
     if args.save:
         (pid,) = _save_poems(args, [(text, adapter)], model_id, sampling, form, engine_name)
         _eprint(f"saved as poem {pid} in the library (`poetwb poems list`)")
@@ -469,9 +472,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.panel import Panel
 
+    from poetwb.core.text import tokens
+
     panels = []
     for label, text, st in zip(labels, texts, stats, strict=True):
-        foot = f"{st.reason} · {st.new_tokens} tokens · {st.tokens_per_s:.1f} tok/s · {st.by(engine_name)}"
+        foot = f"{st.reason} · {tokens(st.new_tokens)} · {st.tokens_per_s:.1f} tok/s · {st.by(engine_name)}"
         panels.append(Panel(text, title=label, subtitle=foot))
     Console().print(Columns(panels, equal=True, expand=True))
     if form is not None:

@@ -91,13 +91,17 @@ def build_report(run_id: str, output: Path, samples: int = 2, evaluate: bool = T
     else:
         out.append("Not measured yet: run `poetwb eval " + run_id + " --metrics`.")
     votes = Votes()
-    tally = votes.tally(run_id)
+    tallies = votes.of_run(run_id)
     votes.close()
     out += ["", "## Blind A/B votes", ""]
-    if tally.votes:
-        lo, hi = tally.interval
-        out.append(_table(["votes", "tuned wins", "base wins", "ties", "tuned win rate", "95 % interval"],
-                          [[tally.votes, tally.tuned, tally.base, tally.ties, tally.win_rate, f"{lo:.2f}–{hi:.2f}"]]))
+    if tallies:
+        rows = []
+        for t in tallies:
+            lo, hi = t.interval
+            adapter = t.run.partition("/")[2] or "(stage not recorded)"
+            rows.append([adapter, t.votes, t.tuned, t.base, t.ties, t.win_rate, f"{lo:.2f}–{hi:.2f}"])
+        out.append(_table(["adapter", "votes", "tuned wins", "base wins", "ties", "tuned win rate", "95 % interval"],
+                          rows))
     else:
         out.append("No votes yet: use the blind A/B mode of the Compare pane.")
     out += ["", "## Side-by-side samples", ""]

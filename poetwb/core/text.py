@@ -64,3 +64,8 @@ class SafeStream:
     def end(self) -> str:
         text, self._pending = self._pending, ""
         return safe_text(text)
+
+
+def tokens(n: int) -> str:
+    """'1 token', '2 tokens': a count as a footer or a CLI line says it."""
+    return f"{n} token" if n == 1 else f"{n} tokens"

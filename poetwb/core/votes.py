@@ -106,3 +106,8 @@ class Votes:
 
     def tally(self, run: str) -> Tally:
         return next((t for t in self.tallies() if t.run == run), Tally(run, 0, 0, 0))
+
+    def of_run(self, run_id: str) -> list[Tally]:
+        """A run's tallies against the base model, one per adapter voted on (run/stage1, run/stage2; votes cast
+        before the stage was kept are under the run id alone)."""
+        return [t for t in self.tallies() if t.run == run_id or t.run.startswith(run_id + "/")]

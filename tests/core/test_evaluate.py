@@ -79,13 +79,15 @@ def test_poetic_metrics_and_report_contain_every_section(done, tmp_path, capsys,
     from poetwb.core.votes import Votes
 
     v = Votes()
-    v.add("ev", "The sea", "a", "b", tuned_side="A", choice="A")
+    v.add("ev", "The sea", "a", "b", tuned_side="A", choice="A")  # a vote from before stages were kept
+    v.add("ev/stage2", "The sea", "a", "b", tuned_side="B", choice="A")
     v.close()
     out = tmp_path / "report.md"
     assert main(["report", "ev", "-o", str(out)]) == 0
     text = out.read_text()
     for section in ("## Config", "## Loss curves", "![loss curves](report-loss.png)", "## Held-out loss",
-                    "## Poetic metrics", "## Blind A/B votes", "## Side-by-side samples", "| 1 | 1 | 0 | 0 |"):
+                    "## Poetic metrics", "## Blind A/B votes", "## Side-by-side samples",
+                    "| (stage not recorded) | 1 | 1 | 0 | 0 |", "| stage2 | 1 | 0 | 1 | 0 |"):
         assert section in text, section
     assert (tmp_path / "report-loss.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -36,6 +36,17 @@ def test_bundled_model_converts_once_and_generates_offline():
     assert poem.text.strip()
 
 
+def test_a_request_in_raw_mode_ends_at_once_and_the_cli_says_what_to_do(capsys):
+    """The bundled instruct model ends a raw "Write a poem about…" at once (a first-time user's first try): the CLI
+    says to add --instruct instead of printing the prompt back in silence."""
+    from poetwb.cli import main
+
+    assert main(["generate", "-p", "Write a poem about the sea and the sky.", "-t", "0"]) == 0  # llama.cpp if there
+    assert "add --instruct" in capsys.readouterr().err
+    assert main(["generate", "-p", "The sea is blue, the sky is red", "-t", "0", "-n", "8"]) == 0
+    assert "add --instruct" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("engine", ["torch", "llamacpp"])
 def test_a_sonnet_on_the_bundled_model_has_fourteen_rhyming_lines(capsys, engine):
     """The issue's example, through the CLI, on each engine: a raw first line, then thirteen more in ABAB CDCD EFEF

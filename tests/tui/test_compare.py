@@ -132,7 +132,7 @@ async def test_blind_votes_keep_texts_under_their_titles_and_draw_fresh_seeds(ti
         assert len(set(seeds)) == 3  # a fresh seed per round: the seed box was left empty
         assert "win rate" in str(app.query_one("#vote-tally", Label).render())
     votes = Votes()
-    tally = votes.tally("done")
+    tally = votes.tally("done/stage2")  # the adapter voted on: stage 1 and stage 2 are tallied apart
     assert tally.votes == 3 and tally.ties == 1 and tally.tuned + tally.base == 2
     assert sorted(r[0] for r in votes.db.execute("SELECT seed FROM votes")) == sorted(seeds)
     settings = [json.loads(r[0]) for r in votes.db.execute("SELECT settings FROM votes")]
@@ -147,11 +147,45 @@ async def test_a_vote_while_the_pair_streams_is_refused(tiny_models, finished_ru
         app.query_one("#blind", Switch).value = True
         app.query_one("#engine", Select).value = "torch"  # llama.cpp can finish a tiny model's pair before F6
         pane = app.query_one("#compare-pane")
-        await pilot.click("#generate")
+        # both in one turn of the event loop: a tiny model's pair can finish before a pressed key's pause ends
+        pane.action_generate()
         assert pane.streaming
-        await pilot.press("f6")
+        pane.action_vote("A")
+        assert pane.hidden  # no vote taken: the labels stay hidden
+        await pilot.pause()
         assert any("wait until both poems are finished" in m for m in notes(app))
         await settle(pilot)
+
+
+async def test_a_stopped_pair_takes_no_vote_and_a_pair_takes_one(tiny_models, finished_run, settle):
+    from poetwb.core.votes import Votes
+
+    app = PoetApp(base_model=str(tiny_models["gpt2"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_compare(app, pilot, "The sea")
+        app.query_one("#blind", Switch).value = True
+        app.query_one("#engine", Select).value = "torch"
+        app.query_one("#compare-prompt").focus()
+        pane = app.query_one("#compare-pane")
+        pane.action_generate()  # ctrl+g, then escape at once (one turn of the loop: before a tiny pair can end)
+        pane.action_stop()
+        await settle(pilot)
+        texts = [c.text for c in columns(app)]
+        assert all("loading" not in t for t in texts)  # the note is not left standing as a poem
+        await pilot.press("f6")
+        await pilot.pause()
+        assert any("this pair did not finish" in m for m in notes(app))
+        assert [c.title_text for c in columns(app)] == ["A", "B"]  # still blind
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        await pilot.press("f7")
+        await pilot.pause()
+        await pilot.press("f6")  # a second vote on the same pair
+        await pilot.pause()
+        assert any("you voted on this pair already" in m for m in notes(app))
+    votes = Votes()
+    assert [(r[0], r[1]) for r in votes.db.execute("SELECT run, choice FROM votes")] == [("done/stage2", "B")]
+    votes.close()
 
 
 async def test_seeds_and_prompts_are_checked_before_anything_runs(tiny_models, settle):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -136,16 +137,18 @@ def parse_seed(raw: str) -> int | None:
 
 def footer(stats: Any, form: bool, engine: str = "") -> str:
     """How a column's generation ended, in words, with its speed (and the engine that wrote it)."""
+    from poetwb.core.text import tokens
+
     if stats is None:
         return ""
-    speed = f"{stats.new_tokens} tokens in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
+    speed = f"{tokens(stats.new_tokens)} in {stats.seconds:.1f} s · {stats.tokens_per_s:.1f} tok/s"
     by = stats.by(engine)
     by = f" · {by}" if by else ""
     if stats.reason == "max tokens":
         return f"stopped at max tokens (raise 'max new tokens' for longer poems) · {speed}{by}"
     if form:  # columns write their lines in turn: the seconds are this column's own, not the wait
         held = f" · rhymes {stats.rhymes[0]}/{stats.rhymes[1]}" if stats.rhymes and stats.rhymes[1] else ""
-        return (f"{stats.reason}{held} · own {stats.seconds:.1f} s · {stats.new_tokens} tokens, "
+        return (f"{stats.reason}{held} · own {stats.seconds:.1f} s · {tokens(stats.new_tokens)}, "
                 f"{stats.tokens_per_s:.1f}/s{by}")
     return f"{stats.reason} · {speed}{by}"
 
@@ -453,8 +456,18 @@ class ComparePane(WorkerErrors, Vertical):
             return
         self.streaming = False
         self.last["sampling"]["engine"] = event.engine  # kept with a saved poem and a vote: which engine wrote it
+        # the event itself is set by the decode when it ends: the user's stop is kept apart
+        stopped = bool(self.last.get("stopped")) or any(st.reason == "cancelled" for st in event.stats)
+        # a blind vote is on two whole poems: not on a pair stopped halfway, failed or with an empty side
+        self.last["complete"] = not event.error and not stopped and all(c.text.strip() for c in self.cols)
         if event.error:
             self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
+        elif (self.last.get("mode") == "raw" and not stopped and event.stats
+              and all(st.reason == "end of text" and st.new_tokens <= 2 for st in event.stats)):
+            # raw mode continues the text as a poem's first line: a request ("Write a poem about…") often ends it
+            self.app.notify("the model ended the text at once: for a request such as \"Write a poem about the "
+                            "sea\", turn on the 'instruction' switch; in raw mode, type a poem's first line",
+                            severity="warning", timeout=10)
         for i, col in enumerate(self.cols):
             col.stats = event.stats[i] if i < len(event.stats) else None
             widget = self._widget(i)
@@ -462,11 +475,14 @@ class ComparePane(WorkerErrors, Vertical):
                 continue
             if event.error and not col.text:
                 widget.set_text(f"(no poem: {event.error})")
+            elif not col.text:  # the "loading…" note is not a poem
+                widget.set_text("(stopped before the first word)" if stopped else "(the model wrote nothing)")
             widget.set_footer(footer(col.stats, bool(self.last.get("form")), event.engine))
 
     def action_stop(self) -> None:
         if self.streaming:
             self.stop.set()
+            self.last["stopped"] = True
             self.app.notify("stopping the generation")
 
     # --- judging and keeping ----------------------------------------------------------------------------------
@@ -476,20 +492,26 @@ class ComparePane(WorkerErrors, Vertical):
         from poetwb.core.votes import Votes
 
         if not self.hidden:
-            self.app.notify("turn on blind A/B and generate a pair first", severity="warning")
+            self.app.notify("you voted on this pair already; generate a new pair (ctrl+g) to vote again"
+                            if self.last.get("voted") else "turn on blind A/B and generate a pair first",
+                            severity="warning")
             return
         if self.streaming:
             self.app.notify("wait until both poems are finished before voting", severity="warning")
             return
+        if not self.last.get("complete"):
+            self.app.notify("this pair did not finish (stopped, failed or empty): generate a new pair (ctrl+g) "
+                            "to vote", severity="warning")
+            return
         a, b = self.order  # model columns shown as A and B
         challenger = 1  # the second model column is the tuned run (or the second run)
 
-        def run_name(i: int) -> str:
+        def run_name(i: int) -> str:  # a run's adapter as run/stageN: stage 1 and stage 2 are tallied apart
             adapter = self.cols[i].adapter
             if adapter is None:
                 return "base"
             folder = run_of_adapter(adapter)
-            return folder.name if folder is not None else adapter
+            return f"{folder.name}/{Path(adapter).name}" if folder is not None else adapter
 
         run_id = run_name(1) if self.cols[0].adapter is None else f"{run_name(1)} vs {run_name(0)}"
         tuned_side = "A" if a == challenger else "B"
