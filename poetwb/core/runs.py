@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -389,7 +390,7 @@ def check_can_start() -> None:
     busy = running_run()
     if busy is not None:
         raise PoetError(f"a job is already running (run {busy.run_id}, {busy.state}): wait for it or cancel it "
-                        f"first (poetwb cancel {busy.run_id})")
+                        f"first (Cancel in the Train pane, or `poetwb cancel {busy.run_id}`)")
 
 
 def check_can_resume(run_id: str) -> Path:
@@ -427,7 +428,8 @@ def resume_run(run_id: str, detach: bool = True) -> Launched:
 
 
 def _running_refusal(run_id: str, status: dict[str, Any]) -> str:
-    return f"run {run_id!r} is running (pid {status.get('pid')}); cancel it first (poetwb cancel {run_id})"
+    return (f"run {run_id!r} is running (pid {status.get('pid')}); cancel it first (Cancel in the Train pane, or "
+            f"`poetwb cancel {run_id}`)")
 
 
 def check_deletable(run_id: str) -> Path:
@@ -478,6 +480,8 @@ def launch_detached(folder: Path, python: str | None = None) -> int:
                         f"resume it with `poetwb train --resume {folder.name}`") from exc
     atomic_write_json(folder / LAUNCH_FILE, {"pid": proc.pid, "host": socket.gethostname(),
                                              "launched": now_iso(), "python": python})
+    # reap it when it ends: a TUI that started it would otherwise keep a <defunct> entry until its next launch
+    threading.Thread(target=proc.wait, name=f"reap-{folder.name}", daemon=True).start()
     return proc.pid
 
 

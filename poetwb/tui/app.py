@@ -130,6 +130,7 @@ class PoetApp(App[None]):
     def _inputs_changed(self) -> None:
         for pane in self.query("#train-pane"):  # it says what Start will train on
             pane.show_inputs()  # type: ignore[attr-defined]
+            pane.clear_stale_error()  # type: ignore[attr-defined]
 
     def say(self, message: str, **kwargs: Any) -> None:
         """notify() from the UI thread or from a worker thread."""

@@ -156,8 +156,13 @@ async def test_train_pane_starts_a_job_plots_it_and_reattaches_after_a_restart(t
         assert before >= 3
         await until(pilot, lambda: chart.points > before)
         await pilot.click("#cancel")
+        # said at once, before the job reaches the end of its step (seconds on a real model)
+        assert "cancelling" in str(again.query_one("#train-phase", Label).render())
         await until(pilot, lambda: runs.read_status(pane.run_folder)["state"] == "cancelled", timeout=60)
         await until(pilot, lambda: any(f"run {run_id} cancelled" in m for m in notes(again)), timeout=10)
+        await pilot.pause(0.6)
+        assert len([m for m in notes(again) if "cancelled" in m]) == 1  # one toast, not one per worker
+        assert "cancelling" not in str(again.query_one("#train-phase", Label).render())
 
 
 async def test_train_pane_shows_bad_hyperparameters_inline(tiny_models, tiny_corpus):
@@ -189,6 +194,9 @@ async def test_start_checks_the_corpus_before_a_run_exists(tiny_models, tmp_path
         assert "does not exist" in str(app.query_one("#train-error", Label).render())
         assert not runs.list_runs() and not (runs.paths.runs_dir().exists() and any(runs.paths.runs_dir().iterdir()))
         assert not app.query_one("#start").disabled
+        app.query_one("#corpus-path", Input).value = str(tmp_path / "other.txt")  # the data changed in F2
+        await pilot.pause()
+        assert not app.query_one("#train-error", Label).display
 
 
 async def test_hyperparameter_boxes_show_what_was_typed(tiny_models, tiny_corpus):
@@ -206,6 +214,8 @@ async def test_hyperparameter_boxes_show_what_was_typed(tiny_models, tiny_corpus
         await pilot.pause()
         assert str(app.query_one("#train-error", Label).render()) == "stage 1 learning rate must be < 1, got 5"
         assert not runs.list_runs()
+        await _set_fields(app, pilot, **{"s1-lr": "0.0005"})  # fixed: the line no longer says it is wrong
+        assert not app.query_one("#train-error", Label).display
 
 
 async def test_runs_are_deleted_from_the_pane_after_asking_but_not_while_running(tiny_models):
@@ -371,7 +381,7 @@ async def test_train_pane_evaluates_a_run_and_shows_every_number_at_120_columns(
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("f3")
         await pilot.pause()
-        app.query_one("#train-pane").attach("done")
+        assert app.query_one("#train-pane").run_folder == finished_run  # the newest run is shown on opening
         await pilot.click("#evaluate")
         await settle(pilot)
         await pilot.pause()

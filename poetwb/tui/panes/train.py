@@ -62,6 +62,8 @@ class TrainPane(WorkerErrors, Vertical):
         self.evaluating = False
         self.exporting = False
         self.error_text = ""
+        self.cancelling: str | None = None
+        """The run a Cancel was asked for, until its job has stopped (it saves a checkpoint first)."""
 
     def compose(self) -> ComposeResult:
         from poetwb.core.config import DEFAULT_PRESET, preset_names
@@ -115,6 +117,8 @@ class TrainPane(WorkerErrors, Vertical):
         if running is not None:  # re-attach to a job started before the app was (re)opened, and show it
             self.attach(running.run_id)
             self.call_after_refresh(self.app.action_show, "train")
+        elif newest := self._runs():  # else the newest run's curves, not an empty chart
+            self.attach(newest[0].run_id)
         self.set_interval(0.5, self.poll)
         self.set_interval(2.0, self.refresh_runs)
 
@@ -187,6 +191,16 @@ class TrainPane(WorkerErrors, Vertical):
         label = self.query_one("#train-error", Label)
         label.update(text)
         label.display = bool(text)
+
+    def clear_stale_error(self) -> None:
+        """A bad value or a failed check goes once the user changes a field or the data: the line said what to
+        fix, not what is still wrong (Start checks again). A failed run's line stays."""
+        if self.error_text and not self.error_text.startswith(("run failed", "checking the corpus")):
+            self.set_error("")
+
+    @on(Input.Changed, "#hyper Input")
+    def field_changed(self) -> None:
+        self.clear_stale_error()
 
     # --- start ------------------------------------------------------------------------------------------------
 
@@ -290,8 +304,12 @@ class TrainPane(WorkerErrors, Vertical):
         if p.active:
             figures.append(f"ETA {progress.format_duration(p.eta_s)}" if p.eta_s is not None else "ETA …")
         self.query_one("#train-figures", Label).update(" · ".join(figures))
+        stopping = p.active and self.cancelling == self.run_folder.name
+        if not p.active:
+            self.cancelling = None
         self.query_one("#train-phase", Label).update(
-            p.phase or ("starting the training process (loading libraries)" if p.active else ""))
+            "cancelling: the job stops after its current step and saves a checkpoint…" if stopping
+            else p.phase or ("starting the training process (loading libraries)" if p.active else ""))
         if p.state == RunState.FAILED:
             self.set_error(f"run failed ({status.get('cause', '')}): {status.get('error', '')}")
         elif self.error_text.startswith("run failed"):
@@ -482,18 +500,29 @@ class TrainPane(WorkerErrors, Vertical):
         if self.run_folder is None:
             self.app.notify("no run selected", severity="warning")
             return
+        if self.cancelling == self.run_folder.name:
+            self.app.notify("already cancelling: the job stops after its current step", severity="warning")
+            return
+        self.cancelling = self.run_folder.name
+        self.query_one("#train-phase", Label).update(
+            "cancelling: the job stops after its current step and saves a checkpoint…")
         self.cancel_run(self.run_folder.name)
 
     @work(thread=True, exit_on_error=False, group="cancel")
     def cancel_run(self, run_id: str) -> None:
+        """Ask the job to stop and wait for it; the watched run's own end is announced by poll (one toast)."""
         from poetwb.core import runs
         from poetwb.core.errors import PoetError
 
         try:
-            status = runs.request_cancel(run_id)
-            self.app.call_from_thread(self.app.notify, f"{run_id}: {status.state} at step {status.step}")
+            runs.request_cancel(run_id)
         except PoetError as exc:
-            self.app.call_from_thread(self.app.notify, str(exc), severity="warning")
+            self.app.call_from_thread(self._cancel_failed, run_id, str(exc))
+
+    def _cancel_failed(self, run_id: str, message: str) -> None:
+        if self.cancelling == run_id:
+            self.cancelling = None
+        self.app.notify(message, severity="warning")
 
     @on(Button.Pressed, "#resume")
     def resume(self) -> None:
