@@ -233,6 +233,8 @@ def poems_markdown(poems: list[Poem]) -> str:
 
 
 def _check_writable(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise PoetError(f"{folder} is a file, not a folder; pick a folder to export into")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".poetwb-write-test"
@@ -255,13 +257,18 @@ def export_markdown_file(poems: list[Poem], target: Path) -> Path:
 
 
 def export_markdown(poems: list[Poem], folder: Path, one_file: bool = True) -> list[Path]:
-    """Write poems as Markdown into folder (one poems.md, or one file per poem). Atomic per file."""
+    """Write poems as Markdown into folder (one poems.md, poems-2.md beside an earlier one, …; or one file per
+    poem, named by its id: the same poem's file again). Atomic per file."""
     if not poems:
         raise PoetError("no poems selected to export")
     folder = folder.expanduser()
     _check_writable(folder)
-    if one_file:
-        return [export_markdown_file(poems, folder / "poems.md")]
+    if one_file:  # a new name beside an earlier export (poems-2.md, …): an export never replaces one
+        target, n = folder / "poems.md", 1
+        while target.exists():
+            n += 1
+            target = folder / f"poems-{n}.md"
+        return [export_markdown_file(poems, target)]
     written = []
     for p in poems:
         slug = re.sub(r"[^a-z0-9]+", "-", p.title.lower()).strip("-")[:40] or "poem"

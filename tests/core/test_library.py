@@ -55,6 +55,9 @@ def test_export_one_file_or_one_per_poem(tmp_path):
              Poem(text="C", prompt="q", model="m", id=2, created="y")]
     (one,) = export_markdown(poems, tmp_path / "out")
     assert one.name == "poems.md" and one.read_text().count("\n## ") == 2
+    (again,) = export_markdown(poems[:1], tmp_path / "out")  # a second export keeps the first
+    assert again.name == "poems-2.md" and again.read_text().count("\n## ") == 1
+    assert one.read_text().count("\n## ") == 2
     many = export_markdown(poems, tmp_path / "many", one_file=False)
     assert [p.name for p in many] == ["0001-a.md", "0002-c.md"]
 
@@ -64,6 +67,9 @@ def test_export_to_an_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(PoetError, match="cannot write to"):
         export_markdown([Poem(text="A", prompt="p", model="m", id=1)], blocker / "sub")
+    with pytest.raises(PoetError, match="is a file, not a folder"):
+        export_markdown([Poem(text="A", prompt="p", model="m", id=1)], blocker)
+    assert blocker.read_text() == "x"
 
 
 POEMS = [

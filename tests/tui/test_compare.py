@@ -60,6 +60,9 @@ async def test_base_and_tuned_stream_whole_poems_with_an_ending_and_a_save(tiny_
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert any("saved the poem of done" in m for m in notes(app))
+        await pilot.press("ctrl+s")  # the same poem again: kept once
+        await pilot.pause()
+        assert any("in the library already (poem 1)" in m for m in notes(app))
     (saved,) = Library().search()
     assert saved.text.startswith("The sea is blue, the sky is red") and saved.adapter.endswith("stage2")
     assert saved.seed == 5 and saved.form == ""
@@ -117,6 +120,8 @@ async def test_blind_votes_keep_texts_under_their_titles_and_draw_fresh_seeds(ti
             seeds.append(pane.last["seed"])
             shown = [(c.title_text, c.text) for c in columns(app)]
             assert [t for t, _ in shown] == ["A", "B"]
+            feet = [str(c.query_one(".column-foot", Label).render()) for c in columns(app)]
+            assert all("tok/s" not in f and "after the vote" in f for f in feet), feet  # speed tells the sides
             await pilot.press("ctrl+s")  # saving before the vote would reveal the sides
             await pilot.pause()
             assert any("vote first" in m for m in notes(app))
@@ -125,6 +130,7 @@ async def test_blind_votes_keep_texts_under_their_titles_and_draw_fresh_seeds(ti
             await pilot.pause()
             after = [(c.title_text, c.text) for c in columns(app)]
             assert [text for _, text in after] == [text for _, text in shown]  # the texts did not move
+            assert all("tok/s" in str(c.query_one(".column-foot", Label).render()) for c in columns(app))
             for (title, text), col in zip(after, columns(app), strict=True):
                 model_col = pane.cols[col.model_index]
                 assert title.endswith(model_col.label) and text == pane.shown(col.model_index)

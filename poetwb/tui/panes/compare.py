@@ -343,6 +343,9 @@ class ComparePane(WorkerErrors, Vertical):
         if not adapters:
             self.app.notify("no fine-tuned run picked: showing the base model only (train one with F3)",
                             severity="warning")
+        if blind and self.query_one("#seed", Input).value.strip():
+            self.app.notify("blind A/B with a fixed seed repeats the same poems for a prompt, so a side can be "
+                            "recognised; empty the seed box for a fresh seed each round", severity="warning")
         if asked == "auto" and not llamacpp.installed() and not self._engine_hint_shown:
             self._engine_hint_shown = True  # once per session: where the faster engine comes from
             self.app.notify(f"generating on torch; several times faster with llama.cpp: {llamacpp.INSTALL_HINT}",
@@ -477,7 +480,20 @@ class ComparePane(WorkerErrors, Vertical):
                 widget.set_text(f"(no poem: {event.error})")
             elif not col.text:  # the "loading…" note is not a poem
                 widget.set_text("(stopped before the first word)" if stopped else "(the model wrote nothing)")
-            widget.set_footer(footer(col.stats, bool(self.last.get("form")), event.engine))
+        self._footers()
+
+    def _footers(self) -> None:
+        """Each column's ending and speed; while a blind pair hides its labels, the ending alone (a LoRA column
+        decodes slower than the base: its speed would tell which poem is which)."""
+        from poetwb.core.text import tokens
+
+        for i, col in enumerate(self.cols):
+            if (widget := self._widget(i)) is None:
+                continue
+            if self.hidden and col.stats is not None:
+                widget.set_footer(f"{col.stats.reason} · {tokens(col.stats.new_tokens)} · speed shown after the vote")
+            else:
+                widget.set_footer(footer(col.stats, bool(self.last.get("form")), self.last["sampling"]["engine"]))
 
     def action_stop(self) -> None:
         if self.streaming:
@@ -534,6 +550,7 @@ class ComparePane(WorkerErrors, Vertical):
         self.last["voted"] = True
         for widget in self.query(PoemColumn):  # re-title in place: the texts stay where they are
             widget.set_title(self._title(widget.model_index))
+        self._footers()
 
     def action_save(self, which: str) -> None:
         index = next((i for i, c in enumerate(self.cols) if (c.adapter is None) == (which == "base")), None)
@@ -558,12 +575,16 @@ class ComparePane(WorkerErrors, Vertical):
         if self.hidden:
             self.app.notify("vote first (F6/F7/F8): saving now would tell which poem is which", severity="warning")
             return
+        saved = self.last.setdefault("saved", {})
+        if index in saved:
+            self.app.notify(f"this poem is in the library already (poem {saved[index]})", severity="warning")
+            return
         poem = Poem(text=self.shown(index).rstrip(), prompt=self.last["prompt"], model=self.last["model"],
                     mode=self.last["mode"], adapter=col.adapter or "", sampling=self.last["sampling"],
                     seed=self.last["seed"], form=self.last["form"])
         try:
-            self.app.library.add(poem)
+            saved[index] = self.app.library.add(poem).id
         except PoetError as exc:
             self.app.notify(str(exc), severity="error")
             return
-        self.app.notify(f"saved the poem of {col.label} to the library")
+        self.app.notify(f"saved the poem of {col.label} to the library (poem {saved[index]})")

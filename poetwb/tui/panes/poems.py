@@ -185,4 +185,5 @@ class PoemsPane(Vertical):
             self.app.notify(str(exc), severity="error", timeout=8)
             return
         what = f"{len(ids)} marked poem{'s' * (len(ids) != 1)}" if self.marked else f"all {len(ids)} shown"
-        self.app.notify(f"exported {what} to {folder.resolve()} ({len(written)} file{'s' * (len(written) != 1)})")
+        where = written[0].resolve() if len(written) == 1 else f"{folder.resolve()} ({len(written)} files)"
+        self.app.notify(f"exported {what} to {where}")
