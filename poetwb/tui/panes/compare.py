@@ -465,10 +465,10 @@ class ComparePane(WorkerErrors, Vertical):
         self.last["complete"] = not event.error and not stopped and all(c.text.strip() for c in self.cols)
         if event.error:
             self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
-        elif (self.last.get("mode") == "raw" and not stopped and event.stats
-              and all(st.reason == "end of text" and st.new_tokens <= 2 for st in event.stats)):
+        elif (self.last.get("mode") == "raw" and not stopped
+              and any(st.reason == "end of text" and st.new_tokens <= 2 for st in event.stats)):
             # raw mode continues the text as a poem's first line: a request ("Write a poem about…") often ends it
-            self.app.notify("the model ended the text at once: for a request such as \"Write a poem about the "
+            self.app.notify("a model ended the text at once: for a request such as \"Write a poem about the "
                             "sea\", turn on the 'instruction' switch; in raw mode, type a poem's first line",
                             severity="warning", timeout=10)
         for i, col in enumerate(self.cols):
@@ -478,8 +478,10 @@ class ComparePane(WorkerErrors, Vertical):
                 continue
             if event.error and not col.text:
                 widget.set_text(f"(no poem: {event.error})")
-            elif not col.text:  # the "loading…" note is not a poem
-                widget.set_text("(stopped before the first word)" if stopped else "(the model wrote nothing)")
+            elif not col.text:  # the "loading…" note is not a poem (a raw column's poem is its first line)
+                lead = self.shown(i) + "\n" if self.last.get("mode") == "raw" else ""
+                cut = col.stats.reason == "cancelled" if col.stats is not None else stopped
+                widget.set_text(lead + ("(stopped before the first word)" if cut else "(the model wrote nothing)"))
         self._footers()
 
     def _footers(self) -> None:
@@ -541,7 +543,9 @@ class ComparePane(WorkerErrors, Vertical):
         finally:
             votes.close()
         lo, hi = tally.interval
-        chosen = {"tie": "a tie"}.get(choice, self.cols[a if choice == "A" else b].label)
+        picked = a if choice == "A" else b
+        chosen = "a tie" if choice == "tie" else "the base model" if self.cols[picked].adapter is None \
+            else run_name(picked)  # short: the tally follows on the same line
         other = "base" if self.cols[0].adapter is None else run_name(0)
         self.query_one("#vote-tally", Label).update(
             f"You chose {chosen}. {run_id}: wins {tally.tuned}, {other} wins {tally.base}, ties {tally.ties}"
