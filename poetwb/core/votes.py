@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,4 +111,5 @@ class Votes:
     def of_run(self, run_id: str) -> list[Tally]:
         """A run's tallies against the base model, one per adapter voted on (run/stage1, run/stage2; votes cast
         before the stage was kept are under the run id alone)."""
-        return [t for t in self.tallies() if t.run == run_id or t.run.startswith(run_id + "/")]
+        own = re.compile(re.escape(run_id) + r"(/stage\d+)?")  # not "run/stage2 vs other": another run lost there
+        return [t for t in self.tallies() if own.fullmatch(t.run)]

@@ -26,6 +26,7 @@ def test_a_runs_stages_are_tallied_apart(poet_home):
     v.add("run1/stage2", "The sea", "a", "b", tuned_side="A", choice="A")  # stage 2 beats base
     v.add("run10/stage2", "The sea", "a", "b", tuned_side="A", choice="A")  # another run, a longer id
     v.add("run1", "The sea", "a", "b", tuned_side="B", choice="tie")  # cast before stages were kept
+    v.add("run1/stage2 vs run2/stage1", "The sea", "a", "b", tuned_side="A", choice="A")  # not against the base
     assert [(t.run, t.tuned, t.base, t.ties) for t in v.of_run("run1")] == [
         ("run1", 0, 0, 1), ("run1/stage1", 0, 1, 0), ("run1/stage2", 1, 0, 0)]
     v.close()

@@ -459,10 +459,16 @@ class ComparePane(WorkerErrors, Vertical):
             return
         self.streaming = False
         self.last["sampling"]["engine"] = event.engine  # kept with a saved poem and a vote: which engine wrote it
-        # the event itself is set by the decode when it ends: the user's stop is kept apart
-        stopped = bool(self.last.get("stopped")) or any(st.reason == "cancelled" for st in event.stats)
+        # what the decode itself says (a stop that came after the last token stopped nothing): a row it did not
+        # finish is "cancelled", and one stopped while the model loaded has no stats at all
+        stopped = any(st.reason == "cancelled" for st in event.stats) or len(event.stats) < len(self.cols)
         # a blind vote is on two whole poems: not on a pair stopped halfway, failed or with an empty side
         self.last["complete"] = not event.error and not stopped and all(c.text.strip() for c in self.cols)
+        if self.hidden and not self.last["complete"]:  # it takes no vote, so nothing is hidden: show the sides
+            self.hidden = False
+            self.last["void"] = True
+            for widget in self.query(PoemColumn):
+                widget.set_title(self._title(widget.model_index))
         if event.error:
             self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
         elif (self.last.get("mode") == "raw" and not stopped
@@ -500,7 +506,6 @@ class ComparePane(WorkerErrors, Vertical):
     def action_stop(self) -> None:
         if self.streaming:
             self.stop.set()
-            self.last["stopped"] = True
             self.app.notify("stopping the generation")
 
     # --- judging and keeping ----------------------------------------------------------------------------------
@@ -511,15 +516,13 @@ class ComparePane(WorkerErrors, Vertical):
 
         if not self.hidden:
             self.app.notify("you voted on this pair already; generate a new pair (ctrl+g) to vote again"
-                            if self.last.get("voted") else "turn on blind A/B and generate a pair first",
-                            severity="warning")
+                            if self.last.get("voted") else
+                            "this pair did not finish (stopped, failed or empty), so it takes no vote and its sides "
+                            "are shown; generate a new pair (ctrl+g)" if self.last.get("void") else
+                            "turn on blind A/B and generate a pair first", severity="warning")
             return
         if self.streaming:
             self.app.notify("wait until both poems are finished before voting", severity="warning")
-            return
-        if not self.last.get("complete"):
-            self.app.notify("this pair did not finish (stopped, failed or empty): generate a new pair (ctrl+g) "
-                            "to vote", severity="warning")
             return
         a, b = self.order  # model columns shown as A and B
         challenger = 1  # the second model column is the tuned run (or the second run)
@@ -580,7 +583,7 @@ class ComparePane(WorkerErrors, Vertical):
             self.app.notify("vote first (F6/F7/F8): saving now would tell which poem is which", severity="warning")
             return
         saved = self.last.setdefault("saved", {})
-        if index in saved:
+        if index in saved and self.app.library.get([saved[index]]):  # (deleted since: it is saved again)
             self.app.notify(f"this poem is in the library already (poem {saved[index]})", severity="warning")
             return
         poem = Poem(text=self.shown(index).rstrip(), prompt=self.last["prompt"], model=self.last["model"],

@@ -305,7 +305,7 @@ class TrainPane(WorkerErrors, Vertical):
             figures.append(f"ETA {progress.format_duration(p.eta_s)}" if p.eta_s is not None else "ETA …")
         self.query_one("#train-figures", Label).update(" · ".join(figures))
         stopping = p.active and self.cancelling == self.run_folder.name
-        if not p.active:
+        if not p.active and self.cancelling == self.run_folder.name:
             self.cancelling = None
         self.query_one("#train-phase", Label).update(
             "cancelling: the job stops after its current step and saves a checkpoint…" if stopping
@@ -515,9 +515,19 @@ class TrainPane(WorkerErrors, Vertical):
         from poetwb.core.errors import PoetError
 
         try:
-            runs.request_cancel(run_id)
+            status = runs.request_cancel(run_id)
         except PoetError as exc:
             self.app.call_from_thread(self._cancel_failed, run_id, str(exc))
+            return
+        self.app.call_from_thread(self._cancel_done, run_id, f"run {run_id} {status.state} at stage {status.stage} "
+                                  f"step {status.step}")
+
+    def _cancel_done(self, run_id: str, message: str) -> None:
+        """The watched run's end is announced by poll; a run the user has looked away from is announced here."""
+        if self.cancelling == run_id:
+            self.cancelling = None
+        if self.run_folder is None or self.run_folder.name != run_id:
+            self.app.notify(message, severity="warning", timeout=10)
 
     def _cancel_failed(self, run_id: str, message: str) -> None:
         if self.cancelling == run_id:
