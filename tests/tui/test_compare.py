@@ -192,6 +192,7 @@ async def test_a_stopped_pair_takes_no_vote_and_a_pair_takes_one(tiny_models, fi
         assert all("loading" not in t for t in texts)  # the note is not left standing as a poem
         titles = [c.title_text for c in columns(app)]
         assert titles != ["A", "B"] and any("base model" in t for t in titles)  # no vote to wait for: sides shown
+        assert "takes no vote" in str(app.query_one("#vote-tally", Label).render())
         await pilot.press("f6")
         await pilot.pause()
         assert any("this pair did not finish" in m for m in notes(app))

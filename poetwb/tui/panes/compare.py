@@ -469,6 +469,8 @@ class ComparePane(WorkerErrors, Vertical):
             self.last["void"] = True
             for widget in self.query(PoemColumn):
                 widget.set_title(self._title(widget.model_index))
+            self.query_one("#vote-tally", Label).update(
+                f"seed {self.last['seed']} · this pair did not finish, so it takes no vote: generate a new one")
         if event.error:
             self.app.notify(f"generation failed: {event.error}", severity="error", timeout=10)
         elif (self.last.get("mode") == "raw" and not stopped
