@@ -78,7 +78,8 @@ async def test_data_pane_previews_counts_and_reports_bad_paths(settle, tiny_gpt2
         app.query_one("#corpus-path", Input).value = str(tiny_corpus.parent / "missing.txt")
         await pilot.pause()
         assert app.corpus["kind"] == "local"
-        await pilot.click("#preview")
+        app.query_one("#corpus-path", Input).focus()
+        await pilot.press("enter")  # Enter in the path box previews, as the button does
         await settle(pilot)
         assert "does not exist" in str(app.query_one("#data-counts", Label).render())
 

@@ -130,6 +130,7 @@ class DataPane(WorkerErrors, Horizontal):
         self.post_message(DataChosen(corpus, instructions))
 
     @on(Button.Pressed, "#preview")
+    @on(Input.Submitted)  # Enter in a path or filter box previews what it names
     def preview(self) -> None:
         self.query_one("#data-counts", Label).update("loading…")
         self.load_preview(*self.specs(), self.app.base_model)
