@@ -384,25 +384,24 @@ def form_poems(loaded: object, engine: object, name: str, candidates: int, with_
 def end_to_end(tokens: int, engines: list[str]) -> None:
     """`poetwb generate` in a fresh process, cached model, on each engine; and `import poetwb.cli` alone."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    legs = [["--engine", e] for e in engines] + [["--engine", "torch", "--dtype", "fp32"]]
-    for leg in legs:
+    def best_of_two(*argv: str) -> float:
+        """A fresh process, twice; the faster one's seconds."""
         runs = []
         for _ in range(2):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens), *leg],
-                           env=env, check=True, capture_output=True)
+            subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True)
             runs.append(time.perf_counter() - t)
-        print(f"poetwb generate {' '.join(leg)} end to end, {tokens} tokens: {min(runs):.1f} s", flush=True)
+        return min(runs)
+
+    legs = [["--engine", e] for e in engines] + [["--engine", "torch", "--dtype", "fp32"]]
+    for leg in legs:
+        sec = best_of_two("-m", "poetwb", "generate", "-p", PROMPT, "-n", str(tokens), *leg)
+        print(f"poetwb generate {' '.join(leg)} end to end, {tokens} tokens: {sec:.1f} s", flush=True)
     # what the torch engine cannot go below in a fresh process: its imports, before any weight is read
     for label, code in (("import poetwb.cli", "import poetwb.cli"), ("import torch", "import torch"),
                         ("import torch + transformers' Llama + peft (the torch engine's imports)",
                          "import torch, transformers.models.llama.modeling_llama, peft")):
-        runs = []
-        for _ in range(2):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-            runs.append(time.perf_counter() - t)
-        print(f"python + {label} alone: {min(runs):.1f} s", flush=True)
+        print(f"python + {label} alone: {best_of_two('-c', code):.1f} s", flush=True)
 
 
 def compiled(tokens: int) -> None:

@@ -75,6 +75,14 @@ def dataset_loss(model: Any, ds: Any, pad_id: int, batch_size: int = 8, bf16: bo
     return (total / count if count else float("nan")), count
 
 
+def finished_stages(folder: Path) -> list[int]:
+    """The stages (1, 2) whose adapter the run has saved; a one-line error when it has none yet."""
+    stages = [s for s in (1, 2) if runs.has_adapter(folder, s)]
+    if not stages:
+        raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
+    return stages
+
+
 def load_run_model(folder: Path, progress: Progress | None = None, dtype: str = "auto") -> tuple[Any, Any, list[str]]:
     """The run's base model with every finished stage's adapter attached (named stage1 / stage2); dtype as
     models.load (held-out losses ask for models.EXACT: no int8 copies)."""
@@ -83,9 +91,7 @@ def load_run_model(folder: Path, progress: Progress | None = None, dtype: str = 
 
     from poetwb.core import models
 
-    stages = [s for s in (1, 2) if runs.has_adapter(folder, s)]
-    if not stages:
-        raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
+    stages = finished_stages(folder)
     cfg = runs.read_config(folder)
     _say(progress, models.loading_note(cfg.model))
     loaded = models.load(cfg.model, dtype=dtype)
@@ -165,9 +171,7 @@ def poetic_metrics(run_id: str, prompts: list[dict[str, str]], max_new_tokens: i
         raise PoetError("the prompt set is empty; give at least one prompt")
     folder = runs.open_run(run_id)
     cfg = runs.read_config(folder)
-    stages = [s for s in (1, 2) if runs.has_adapter(folder, s)]
-    if not stages:
-        raise PoetError(f"run {folder.name!r} has no adapters yet; let a stage finish (or resume it) first")
+    stages = finished_stages(folder)
     adapter = runs.adapter_dir(folder, stages[-1])
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed)
     fast = None

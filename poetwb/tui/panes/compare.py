@@ -464,11 +464,9 @@ class ComparePane(WorkerErrors, Vertical):
         stopped = any(st.reason == "cancelled" for st in event.stats) or len(event.stats) < len(self.cols)
         # a blind vote is on two whole poems: not on a pair stopped halfway, failed or with an empty side
         self.last["complete"] = not event.error and not stopped and all(c.text.strip() for c in self.cols)
-        if self.hidden and not self.last["complete"]:  # it takes no vote, so nothing is hidden: show the sides
-            self.hidden = False
+        void = self.hidden and not self.last["complete"]  # it takes no vote, so nothing is hidden: show the sides
+        if void:
             self.last["void"] = True
-            for widget in self.query(PoemColumn):
-                widget.set_title(self._title(widget.model_index))
             self.query_one("#vote-tally", Label).update(
                 f"seed {self.last['seed']} · this pair did not finish, so it takes no vote: generate a new one")
         if event.error:
@@ -490,6 +488,16 @@ class ComparePane(WorkerErrors, Vertical):
                 lead = self.shown(i) + "\n" if self.last.get("mode") == "raw" else ""
                 cut = col.stats.reason == "cancelled" if col.stats is not None else stopped
                 widget.set_text(lead + ("(stopped before the first word)" if cut else "(the model wrote nothing)"))
+        if void:
+            self._reveal()
+        else:
+            self._footers()
+
+    def _reveal(self) -> None:
+        """A blind pair's sides: titles re-set in place (the texts stay where they are), footers with speeds."""
+        self.hidden = False
+        for widget in self.query(PoemColumn):
+            widget.set_title(self._title(widget.model_index))
         self._footers()
 
     def _footers(self) -> None:
@@ -555,11 +563,8 @@ class ComparePane(WorkerErrors, Vertical):
         self.query_one("#vote-tally", Label).update(
             f"You chose {chosen}. {run_id}: wins {tally.tuned}, {other} wins {tally.base}, ties {tally.ties}"
             f" — win rate {tally.win_rate:.0%} (95 % CI {lo:.0%}–{hi:.0%})")
-        self.hidden = False
         self.last["voted"] = True
-        for widget in self.query(PoemColumn):  # re-title in place: the texts stay where they are
-            widget.set_title(self._title(widget.model_index))
-        self._footers()
+        self._reveal()
 
     def action_save(self, which: str) -> None:
         index = next((i for i, c in enumerate(self.cols) if (c.adapter is None) == (which == "base")), None)

@@ -504,8 +504,7 @@ class TrainPane(WorkerErrors, Vertical):
             self.app.notify("already cancelling: the job stops after its current step", severity="warning")
             return
         self.cancelling = self.run_folder.name
-        self.query_one("#train-phase", Label).update(
-            "cancelling: the job stops after its current step and saves a checkpoint…")
+        self.poll()  # its phase line says "cancelling…" now, not at the next tick
         self.cancel_run(self.run_folder.name)
 
     @work(thread=True, exit_on_error=False, group="cancel")
@@ -517,22 +516,18 @@ class TrainPane(WorkerErrors, Vertical):
         try:
             status = runs.request_cancel(run_id)
         except PoetError as exc:
-            self.app.call_from_thread(self._cancel_failed, run_id, str(exc))
+            self.app.call_from_thread(self._cancel_ended, run_id, str(exc), True)
             return
-        self.app.call_from_thread(self._cancel_done, run_id, f"run {run_id} {status.state} at stage {status.stage} "
-                                  f"step {status.step}")
+        self.app.call_from_thread(self._cancel_ended, run_id, f"run {run_id} {status.state} at stage {status.stage} "
+                                  f"step {status.step}", False)
 
-    def _cancel_done(self, run_id: str, message: str) -> None:
-        """The watched run's end is announced by poll; a run the user has looked away from is announced here."""
+    def _cancel_ended(self, run_id: str, message: str, failed: bool) -> None:
+        """A failed cancel is always said; a stopped run is announced by poll while it is watched, here when the
+        user has looked away from it."""
         if self.cancelling == run_id:
             self.cancelling = None
-        if self.run_folder is None or self.run_folder.name != run_id:
-            self.app.notify(message, severity="warning", timeout=10)
-
-    def _cancel_failed(self, run_id: str, message: str) -> None:
-        if self.cancelling == run_id:
-            self.cancelling = None
-        self.app.notify(message, severity="warning")
+        if failed or self.run_folder is None or self.run_folder.name != run_id:
+            self.app.notify(message, severity="warning", timeout=None if failed else 10)
 
     @on(Button.Pressed, "#resume")
     def resume(self) -> None:
